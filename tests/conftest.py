@@ -1,0 +1,105 @@
+"""Shared fixtures: generated media (real files), tiny model flags, CLI runners."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tiny and quick: CPU tests must not fight over the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+BITS = 10  # frame-number barcode width
+CELL = 8  # pixels per barcode cell
+
+
+def barcode_frame(i: int, h: int, w: int) -> np.ndarray:
+    """A BGR frame whose top row of cells encodes ``i`` in binary (black/white), rest a gradient."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
+    img[:, :, 1] = (i * 7) % 256
+    for b in range(BITS):
+        v = 255 if (i >> b) & 1 else 0
+        img[0 : CELL * 2, b * CELL : (b + 1) * CELL] = v
+    return img
+
+
+def read_barcode(img: np.ndarray) -> int:
+    """Inverse of ``barcode_frame`` on a decoded (lossy, blended) frame."""
+    n = 0
+    for b in range(BITS):
+        cell = img[2 : CELL * 2 - 2, b * CELL + 2 : (b + 1) * CELL - 2]
+        if cell.mean() > 128:
+            n |= 1 << b
+    return n
+
+
+def make_clip(path: Path, *, frames: int = 24, width: int = 96, height: int = 64, fps: Fraction = Fraction(12), audio: bool = True, faststart: bool = True) -> Path:
+    """Write an H.264 MP4 of barcode frames, with an AAC tone when ``audio``."""
+    import av
+
+    opts = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format="mp4", options=opts) as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"crf": "12", "preset": "ultrafast"}
+        a = out.add_stream("aac", rate=22050, layout="mono") if audio else None
+        for i in range(frames):
+            vf = av.VideoFrame.from_ndarray(barcode_frame(i, height, width), format="bgr24")
+            vf.pts = i
+            for p in v.encode(vf):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+        if a is not None:
+            n = int(22050 * frames / float(fps))
+            tone = (0.2 * np.sin(np.arange(n) * 2 * np.pi * 440 / 22050)).astype(np.float32)
+            for s in range(0, n, 1024):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[None, s : s + 1024]), format="fltp", layout="mono")
+                af.sample_rate, af.pts = 22050, s
+                for p in a.encode(af):
+                    out.mux(p)
+            for p in a.encode(None):
+                out.mux(p)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """24 frames of 96x64 at 12 fps with audio."""
+    return make_clip(tmp_path_factory.mktemp("media") / "clip.mp4")
+
+
+# Flags that keep a model tiny on the CPU.
+TINY = ["--width-mult", "0.125", "--input-size", "64", "--device", "cpu"]
+
+
+def vidseg(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the CLI as a real process; ``timeout`` only guards against a hang."""
+    return subprocess.run(
+        [sys.executable, "-m", "vidseg", *args], capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+def probe(path: Path) -> dict:
+    """Stream facts of an output file, read back with PyAV."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(v)]
+        return {
+            "codec": v.codec_context.name,
+            "pix_fmt": v.codec_context.pix_fmt,
+            "width": v.codec_context.width,
+            "height": v.codec_context.height,
+            "fps": v.average_rate,
+            "duration": float(v.duration * v.time_base) if v.duration else None,
+            "audio": [s.codec_context.name for s in c.streams.audio],
+            "audio_duration": float(c.streams.audio[0].duration * c.streams.audio[0].time_base) if c.streams.audio else None,
+            "frames": frames,
+        }

@@ -1,0 +1,341 @@
+"""Reading sources and writing browser-playable H.264 MP4 with the audio kept.
+
+Decoding uses PyAV for files (exact timestamps, frame counts, truncation
+detection) and OpenCV for cameras. Encoding uses PyAV's libx264: OpenCV wheels
+cannot write H.264.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger("vidseg.media")
+
+_CAM = re.compile(r"^cam(\d+)$")
+
+
+def is_camera(uri: str) -> bool:
+    """True for ``camN`` sources."""
+    return bool(_CAM.match(uri))
+
+
+class FrameReader:
+    """Iterates ``(bgr_frame, pts_seconds)``; knows size, rate and expected count."""
+
+    width: int
+    height: int
+    fps: Fraction
+    expected: int | None  # frames the container claims, None when unknown (cameras)
+    live: bool = False
+    audio_path: str | None = None
+    decoded: int = 0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def lost(self) -> int:
+        """Frames the container announced but that could not be decoded."""
+        if self.expected is None:
+            return 0
+        return max(0, self.expected - self.decoded)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FileReader(FrameReader):
+    """A video file decoded with PyAV."""
+
+    def __init__(self, path: str):
+        import av
+
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"source file {path} does not exist; check the path")
+        if p.is_dir():
+            raise InputError(f"source {path} is a directory; give a video file")
+        if not os.access(p, os.R_OK):
+            raise InputError(f"source file {path} is not readable; check its permissions")
+        try:
+            self._c = av.open(str(p), "r")
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+            raise InputError(
+                f"{path} is not a video FFmpeg can read ({_short(e)}); give an MP4/MKV/AVI/MOV file"
+            ) from None
+        if not self._c.streams.video:
+            self._c.close()
+            raise InputError(f"{path} has no video stream; give a video file")
+        self._v = self._c.streams.video[0]
+        self._v.thread_type = "AUTO"
+        cc = self._v.codec_context
+        self.width, self.height = int(cc.width), int(cc.height)
+        if self.width <= 0 or self.height <= 0:
+            self._c.close()
+            raise InputError(f"{path} has a video stream without a frame size; the file may be damaged")
+        rate = self._v.average_rate or self._v.guessed_rate or Fraction(25)
+        self.fps = Fraction(rate).limit_denominator(1001000)
+        self.expected = int(self._v.frames) or None
+        if self.expected is None and self._v.duration and self._v.time_base:
+            # Containers without a frame count (mkv, ts): estimate from duration.
+            self.expected = int(round(float(self._v.duration * self._v.time_base) * float(self.fps)))
+        self.audio_path = str(p.resolve()) if self._c.streams.audio else None
+        self.path = str(p)
+        self.decode_error: str | None = None
+        # Decode the first frame now: a file with no decodable frame fails before any work starts.
+        self._frames = self._decode()
+        self._first = next(self._frames, None)
+        if self._first is None:
+            self._c.close()
+            raise InputError(f"{path} has no decodable video frame; the file is empty or damaged")
+
+    def _decode(self) -> Iterator[np.ndarray | None]:
+        import av
+
+        try:
+            for frame in self._c.decode(self._v):
+                yield frame
+        except (av.error.FFmpegError, EOFError) as e:
+            # A damaged tail: keep what decoded, report the rest as lost.
+            self.decode_error = _short(e)
+            log.warning("decoding %s stopped early: %s", self.path, self.decode_error)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        tb = self._v.time_base
+        t0 = None
+        first, self._first = self._first, None
+        for frame in _chain(first, self._frames):
+            pts = float(frame.pts * tb) if frame.pts is not None and tb else self.decoded / float(self.fps)
+            if t0 is None:
+                t0 = pts
+            img = frame.to_ndarray(format="bgr24")
+            self.decoded += 1
+            yield img, pts - t0
+        if self.expected is not None and self.decoded > self.expected:
+            self.expected = self.decoded
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class CameraReader(FrameReader):
+    """A local camera opened with OpenCV (``camN``)."""
+
+    live = True
+
+    def __init__(self, uri: str, *, open_timeout: float = 5.0):
+        import cv2
+
+        m = _CAM.match(uri)
+        assert m, uri
+        self.index = int(m.group(1))
+        self._cap = cv2.VideoCapture(self.index)
+        ok = self._cap.isOpened()
+        frame = None
+        if ok:
+            deadline = time.monotonic() + open_timeout
+            while time.monotonic() < deadline:
+                ok, frame = self._cap.read()
+                if ok:
+                    break
+                time.sleep(0.05)
+        if not ok or frame is None:
+            self._cap.release()
+            raise InputError(
+                f"camera {self.index} could not be opened; check it is connected and free, "
+                "or pick another index (--source camN)"
+            )
+        self._first = frame
+        self.height, self.width = frame.shape[:2]
+        fps = self._cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self.fps = Fraction(fps).limit_denominator(1001) if 1 <= fps <= 240 else Fraction(30)
+        self.expected = None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        t0 = time.monotonic()
+        frame = self._first
+        while frame is not None:
+            self.decoded += 1
+            yield frame, time.monotonic() - t0
+            ok, frame = self._cap.read()
+            if not ok:
+                raise InputError(f"camera {self.index} stopped delivering frames; check its connection")
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+def open_source(uri: str) -> FrameReader:
+    """Open a source: a video file path or ``camN``."""
+    if is_camera(uri):
+        return CameraReader(uri)
+    return FileReader(uri)
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return s[:200]
+
+
+def check_output_path(path: str) -> Path:
+    """Fail early, with the fix, when ``path`` cannot be written."""
+    p = Path(path)
+    if p.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        raise InputError(f"output {path} must end in .mp4 (H.264 MP4 is what vidseg writes)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output directory {parent} does not exist; create it first")
+    if p.is_dir():
+        raise InputError(f"output {path} is a directory; give a file name ending in .mp4")
+    try:  # a real write probe: permission bits lie for root and read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        raise InputError(f"output directory {parent} is not writable; choose another --output") from None
+    return p
+
+
+class VideoWriter:
+    """H.264 yuv420p MP4 (moov first), written under a temporary name.
+
+    ``close()`` finalises and renames to the target path; ``abort()`` removes
+    the partial file. Audio packets from ``audio_from`` are copied without
+    re-encoding, interleaved with the video as it is written so the muxer never
+    buffers the whole stream.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        width: int,
+        height: int,
+        fps: Fraction,
+        audio_from: str | None = None,
+        crf: int = 20,
+        preset: str = "veryfast",
+    ):
+        import av
+
+        self.path = check_output_path(path)
+        # yuv420p needs even sizes: drop the last odd row/column rather than rescale.
+        self.width, self.height = width - width % 2, height - height % 2
+        if (self.width, self.height) != (width, height):
+            log.warning("output is %dx%d: H.264 4:2:0 needs even sizes (input %dx%d)", self.width, self.height, width, height)
+        if self.width < 2 or self.height < 2:
+            raise InputError(f"frames of {width}x{height} are too small to encode")
+        self.fps = Fraction(fps)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent or ".")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._c = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        self._v = self._c.add_stream("libx264", rate=self.fps)
+        self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
+        self._v.options = {"crf": str(crf), "preset": preset}
+        self.frames = 0
+        self._audio_in = None
+        self._audio_iter = None
+        self._audio_pending = None
+        if audio_from:
+            self._open_audio(audio_from)
+
+    def _open_audio(self, path: str) -> None:
+        import av
+
+        try:
+            src = av.open(path, "r")
+        except (av.error.FFmpegError, OSError) as e:
+            log.warning("audio not copied: cannot open %s (%s)", path, _short(e))
+            return
+        if not src.streams.audio:
+            src.close()
+            return
+        ia = src.streams.audio[0]
+        try:
+            self._a = self._c.add_stream_from_template(ia)
+        except (ValueError, av.error.FFmpegError) as e:  # codec MP4 cannot hold
+            log.warning("audio not copied: %s in MP4 is not supported (%s)", ia.codec_context.name, _short(e))
+            src.close()
+            return
+        self._audio_in, self._audio_tb = src, ia.time_base
+        self._audio_iter = src.demux(ia)
+
+    def _mux_audio_until(self, t: float | None) -> None:
+        """Copy audio packets with pts up to ``t`` seconds (all when None)."""
+        import av
+
+        if self._audio_iter is None:
+            return
+        while True:
+            pkt = self._audio_pending
+            self._audio_pending = None
+            if pkt is None:
+                try:
+                    pkt = next(self._audio_iter)
+                except (StopIteration, av.error.FFmpegError):
+                    self._audio_iter = None
+                    return
+            if pkt.dts is None:
+                continue
+            if t is not None and pkt.pts is not None and float(pkt.pts * self._audio_tb) > t:
+                self._audio_pending = pkt
+                return
+            pkt.stream = self._a
+            self._c.mux(pkt)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one BGR frame; frames are timed by index at the source rate."""
+        import av
+
+        if frame.shape[0] != self.height or frame.shape[1] != self.width:
+            frame = frame[: self.height, : self.width]
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        vf.pts = self.frames
+        for pkt in self._v.encode(vf):
+            self._c.mux(pkt)
+        self.frames += 1
+        self._mux_audio_until(self.frames / float(self.fps))
+
+    def close(self) -> Path:
+        """Flush, finalise and rename; returns the final path."""
+        for pkt in self._v.encode(None):
+            self._c.mux(pkt)
+        self._mux_audio_until(None)
+        self._c.close()
+        if self._audio_in is not None:
+            self._audio_in.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._c.close()
+        except Exception:  # noqa: BLE001 - the file is being thrown away anyway
+            pass
+        if self._audio_in is not None:
+            self._audio_in.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Pipeline stages: source (decode + dispatch), worker (inference), sink (reorder + composite + encode)."""

@@ -1,0 +1,63 @@
+"""ZeroMQ plumbing: endpoint checks, bind/connect with clear errors, timed receives."""
+from __future__ import annotations
+
+import re
+
+import zmq
+
+from .errors import TransportError
+from .wire import Message, pack, unpack
+
+_ENDPOINT = re.compile(r"^(tcp://[^\s]+:(\d+|\*)|ipc://.+|inproc://.+)$")
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Validate an endpoint string; returns it unchanged."""
+    if not _ENDPOINT.match(endpoint):
+        raise TransportError(
+            f"endpoint {endpoint!r} is not valid; use tcp://HOST:PORT or ipc:///path/to/socket"
+        )
+    return endpoint
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind and return the endpoint actually bound (resolves ``tcp://host:*``)."""
+    check_endpoint(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        if e.errno == zmq.EADDRINUSE:
+            raise TransportError(
+                f"endpoint {endpoint} is already in use; pick another port/path or stop the process using it"
+            ) from None
+        raise TransportError(f"cannot bind {endpoint} ({e.strerror}); check the address") from None
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> None:
+    check_endpoint(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        raise TransportError(f"cannot connect to {endpoint} ({e.strerror}); check the address") from None
+
+
+def send(sock: zmq.Socket, parts: list, *, identity: bytes | None = None) -> None:
+    """Send without copying the pixel buffer."""
+    if identity is not None:
+        parts = [identity, *parts]
+    sock.send_multipart(parts, copy=False)
+
+
+def send_msg(sock: zmq.Socket, kind: str, array=None, *, identity: bytes | None = None, **fields) -> None:
+    send(sock, pack(kind, array, **fields), identity=identity)
+
+
+def recv(sock: zmq.Socket, *, routed: bool = False) -> tuple[bytes | None, Message]:
+    """Receive one message (the caller has polled). Raises WireError if malformed."""
+    parts = sock.recv_multipart(copy=False)
+    ident = None
+    if routed:
+        ident = parts[0].bytes
+        parts = parts[1:]
+    return ident, unpack(parts)
