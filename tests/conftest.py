@@ -103,3 +103,15 @@ def probe(path: Path) -> dict:
             "audio_duration": float(c.streams.audio[0].duration * c.streams.audio[0].time_base) if c.streams.audio else None,
             "frames": frames,
         }
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests carry @pytest.mark.gpu and are skipped where CUDA is absent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -90,3 +90,15 @@ def test_stage_command_lines_name_their_role(clip, tmp_path):
         assert p.wait(timeout=120) == 0, p.stderr.read()
     assert roles == {"source", "worker", "sink"}
     assert _children(p.pid) == []  # nothing left running
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["deeplabv3plus", "ccnet"])
+def test_run_on_cuda_in_half_precision(clip, tmp_path, model):
+    out = tmp_path / "gpu.mp4"
+    r = vidseg("run", "--source", str(clip), "--model", model, "--output", str(out), "--alpha", "0.3",
+               "--device", "cuda", "--precision", "fp16", "--input-size", "64")
+    assert r.returncode == 0, r.stderr
+    got = probe(out)
+    assert [read_barcode(f) for f in got["frames"]] == list(range(24))
+    assert got["audio"] == ["aac"]

@@ -6,6 +6,7 @@ precedence is defaults < file < flags.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import click
 
 from . import __version__
 from .config import MODES, PRECISIONS, FlowConfig, ModelConfig, OutputConfig, load_config_file
-from .errors import InputError, VidsegError
+from .errors import FramesLost, InputError, VidsegError
 
 BACKBONES = ("resnet50", "resnet101", "xception", "mobilenetv2")
 DEMO = "demo"
@@ -54,6 +55,7 @@ flow_options = _opts(
 
 output_options = _opts(
     click.option("--output", "-o", default=None, help="Annotated H.264 MP4 to write."),
+    click.option("--masks", default=None, help="A new folder for the class-id masks, one PNG per frame."),
     click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=OutputConfig.alpha, show_default=True, help="Overlay opacity."),
     click.option("--crf", type=click.IntRange(0, 51), default=OutputConfig.crf, show_default=True, help="x264 quality (lower is better)."),
     click.option("--preset", default=OutputConfig.preset, show_default=True, help="x264 speed preset (ultrafast … veryslow)."),
@@ -70,7 +72,7 @@ def _flow_cfg(kw: dict) -> FlowConfig:
 
 
 def _output_cfg(kw: dict) -> OutputConfig:
-    return OutputConfig(output=kw.get("output"), alpha=kw["alpha"], crf=kw["crf"], preset=kw["preset"])
+    return OutputConfig(output=kw.get("output"), masks=kw.get("masks"), alpha=kw["alpha"], crf=kw["crf"], preset=kw["preset"])
 
 
 def _setup_logging(role: str, verbose: int, quiet: bool) -> None:
@@ -104,9 +106,17 @@ class VidsegGroup(click.Group):
 def _load_config(ctx: click.Context, _param, value: str | None):
     if value:
         try:
-            ctx.default_map = {**(ctx.default_map or {}), **load_config_file(value)}
+            data = load_config_file(value)
         except VidsegError as e:
             raise click.BadParameter(str(e)) from None
+        known = {p.name for p in ctx.command.params if p.expose_value}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise click.BadParameter(
+                f"{value}: {', '.join(unknown)} {'is not a flag' if len(unknown) == 1 else 'are not flags'} of "
+                f"'vidseg {ctx.command.name}'; see --help"
+            )
+        ctx.default_map = {**(ctx.default_map or {}), **data}
     return value
 
 
@@ -195,7 +205,7 @@ def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -
     _setup_logging("sink", verbose, quiet)
     _sigterm_exits()
     out = _output_cfg(kw)
-    stage = SinkStage(endpoint=endpoint, out=out, flow=_flow_cfg(kw), preview=bool(preview if preview is not None else not out.output))
+    stage = SinkStage(endpoint=endpoint, out=out, flow=_flow_cfg(kw), preview=bool(preview if preview is not None else not (out.output or out.masks)))
     try:
         res = stage.run()
     finally:
@@ -203,6 +213,11 @@ def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -
     logging.getLogger("vidseg.sink").info(
         "done: %d frames in %.1f s (%.1f frames/s) -> %s", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), res.output
     )
+    if res.lost:
+        raise FramesLost(
+            f"{res.lost} frame(s) of the source could not be decoded (truncated or damaged file); "
+            f"the {res.frames} that could are in {res.output}"
+        )
 
 
 # -- run: the three stages as supervised processes -----------------------------
@@ -214,51 +229,67 @@ def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -
 @model_options
 @output_options
 @flow_options
+@click.option("--print-config", is_flag=True, help="Print the settings after defaults < --config < flags, and exit.")
 @log_options
-def run(source: str, mode: str | None, workers: int, preview: bool | None, verbose: int, quiet: bool, **kw) -> None:
+def run(source: str, mode: str | None, workers: int, preview: bool | None, print_config: bool, verbose: int, quiet: bool, **kw) -> None:
     """Run source, worker(s) and sink as separate processes on private ipc:// endpoints."""
     from .media import check_output_path, open_source
     from .stages.infer import resolve_card, resolve_device
-    from .supervise import Stage, supervise
+    from .stages.sink import check_masks_dir
 
+    if print_config:
+        settings = {"source": source, "mode": mode, "workers": workers, **kw}
+        for k, v in settings.items():
+            if v is not None:
+                click.echo(f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+        return
     _setup_logging("run", verbose, quiet)
     src = _resolve_source(source)
     out = _output_cfg(kw)
     if source == DEMO and not out.output:
-        out = OutputConfig(output="vidseg-demo.mp4", alpha=out.alpha, crf=out.crf, preset=out.preset)
+        out = dataclasses.replace(out, output="vidseg-demo.mp4")
         kw["output"] = out.output
     # Validate everything a user can get wrong here, before any process starts.
     if out.output:
         check_output_path(out.output)
-    show = bool(preview if preview is not None else not out.output)
-    if not out.output and not show:
-        raise InputError("nothing to write: give --output FILE.mp4 or --preview")
+    if out.masks:
+        check_masks_dir(out.masks)
+    show = bool(preview if preview is not None else not (out.output or out.masks))
+    if not (out.output or out.masks or show):
+        raise InputError("nothing to write: give --output FILE.mp4, --masks DIR or --preview")
     reader = open_source(src)
     reader.close()
     mcfg = _model_cfg(kw)
     card, _ = resolve_card(mcfg)
     resolve_device(mcfg.device, mcfg.precision)
 
+    logging.getLogger("vidseg.run").info("%s -> %s with %s, %d worker(s)", src, out.output or out.masks or "preview", card.name, workers)
+    _launch(src, mode=mode, workers=workers, kw=kw, show=show, verbose=verbose, quiet=quiet)
+    if out.output:
+        click.echo(out.output)
+
+
+def _launch(src: str, *, mode: str | None, workers: int, kw: dict, show: bool, verbose: int, quiet: bool) -> None:
+    """Start source, sink and workers as processes on a private ipc endpoint and supervise them."""
+    from .supervise import Stage, supervise
+
     tmp = tempfile.mkdtemp(prefix="vidseg-")  # private (0700): nobody else can reach the sockets
     endpoint = f"ipc://{tmp}/dispatch"
     base = [sys.executable, "-m", "vidseg"]
-    flow = ["--window", str(kw["window"]), "--credits", str(kw["credits"]), "--peer-timeout", str(kw["peer_timeout"]), "--connect-timeout", str(kw["connect_timeout"])]
+    flow = _flag_args(kw, ("window", "credits", "peer_timeout", "connect_timeout"))
     logv = ["-v"] * verbose + (["-q"] if quiet else [])
     model_args = _flag_args(kw, ("model", "backbone", "weights", "num_classes", "input_size", "device", "precision", "width_mult"))
     src_args = ["--source", src, "--bind", endpoint] + (["--mode", mode] if mode else [])
-    sink_args = ["--connect", endpoint] + _flag_args(kw, ("output", "alpha", "crf", "preset")) + (["--preview"] if show else ["--no-preview"])
+    sink_args = ["--connect", endpoint] + _flag_args(kw, ("output", "masks", "alpha", "crf", "preset")) + (["--preview"] if show else ["--no-preview"])
     threads = max(1, (os.cpu_count() or 1) // workers)
     stages = [Stage("source", base + ["source"] + src_args + flow + logv), Stage("sink", base + ["sink"] + sink_args + flow + logv)]
     stages += [
         Stage("worker", base + ["worker", "--connect", endpoint, "--threads", str(threads)] + model_args + flow + logv) for _ in range(workers)
     ]
-    logging.getLogger("vidseg.run").info("%s -> %s with %s, %d worker(s)", src, out.output or "preview", card.name, workers)
     try:
         supervise(stages)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if out.output:
-        click.echo(out.output)
 
 
 def _flag_args(kw: dict, names: tuple[str, ...]) -> list[str]:
@@ -276,6 +307,73 @@ def _resolve_source(source: str) -> str:
 
         return str(demo_clip())
     return source
+
+
+# -- accuracy through the pipeline ---------------------------------------------
+@cli.command("eval")
+@config_option
+@click.option("--source", "-s", required=True, help="Video file to segment.")
+@click.option("--masks", "gt_masks", required=True, help="Folder of ground-truth class-id PNGs, one per frame, in frame order.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
+@click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Ground-truth id to ignore.")
+@model_options
+@flow_options
+@log_options
+def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore_index: int, verbose: int, quiet: bool, **kw) -> None:
+    """Run the full pipeline on a video and report mIoU against ground-truth masks."""
+    import json as _json
+
+    from .evaluate import evaluate_dirs, load_ground_truth
+    from .media import open_source
+    from .stages.infer import resolve_card, resolve_device
+
+    _setup_logging("eval", verbose, quiet)
+    src = _resolve_source(source)
+    mcfg = _model_cfg(kw)
+    card, _ = resolve_card(mcfg)
+    dev, dtype = resolve_device(mcfg.device, mcfg.precision)
+    reader = open_source(src)
+    expected, size = reader.expected, (reader.height, reader.width)
+    reader.close()
+    gt = load_ground_truth(gt_masks, frames=expected, size=size, num_classes=card.num_classes, ignore_index=ignore_index)
+    runs = {"main": mcfg.precision or ("fp16" if dev.type == "cuda" else "fp32")}
+    if runs["main"] != "fp32":
+        runs["fp32"] = "fp32"  # half precision is also checked against fp32
+    with tempfile.TemporaryDirectory(prefix="vidseg-eval-") as d:
+        preds = {}
+        for name, precision in runs.items():
+            preds[name] = os.path.join(d, name)
+            _launch(src, mode="lossless", workers=workers, kw={**kw, "precision": precision, "masks": preds[name], "output": None}, show=False, verbose=verbose, quiet=True)
+        report = evaluate_dirs(preds["main"], gt, card.class_names, ignore_index=ignore_index, fp32_dir=preds.get("fp32"))
+    report.update(model=card.name, source=source, precision=runs["main"])
+    click.echo(report.pop("table"))
+    if json_out:
+        with open(json_out, "w") as fh:
+            _json.dump(report, fh, indent=2)
+
+
+@cli.command()
+@config_option
+@click.option("--model", "-m", default="deeplabv3plus", show_default=True, help="Architecture to train.")
+@click.option("--backbone", default="mobilenetv2", show_default=True)
+@click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=0.5, show_default=True, help="Channel width multiplier.")
+@click.option("--input-size", type=click.IntRange(32, 4096), default=320, show_default=True, help="Training/inference longer side.")
+@click.option("--steps", type=click.IntRange(1, 10**7), default=1500, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", default=None, help="A folder with images/ and masks/ of the same stems (default: generated scenes).")
+@click.option("--out", "-o", required=True, help="Checkpoint to write (vidseg format, card included).")
+@click.option("--resume", is_flag=True, help="Continue from OUT's saved training state.")
+@log_options
+def train(verbose: int, quiet: bool, **kw) -> None:
+    """Train a model from the zoo on generated scenes or a folder of image/mask pairs."""
+    from .train import train as run_training
+
+    _setup_logging("train", verbose, quiet)
+    result = run_training(progress=not quiet, **kw)
+    click.echo(f"{kw['out']}: {result}")
 
 
 # -- model zoo ------------------------------------------------------------------

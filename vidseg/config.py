@@ -45,6 +45,7 @@ class OutputConfig:
     """How the sink composites and encodes."""
 
     output: str | None = None
+    masks: str | None = None  # a folder for the class-id masks as PNG (000000.png, ...)
     alpha: float = 0.5
     crf: int = 20
     preset: str = "veryfast"

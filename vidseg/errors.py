@@ -28,3 +28,9 @@ class StageError(VidsegError):
     """A pipeline stage failed or died."""
 
     exit_code = 4
+
+
+class FramesLost(VidsegError):
+    """The run finished, but some source frames could not be decoded; the output holds the rest."""
+
+    exit_code = 5

@@ -114,7 +114,7 @@ class FileReader(FrameReader):
         except (av.error.FFmpegError, EOFError) as e:
             # A damaged tail: keep what decoded, report the rest as lost.
             self.decode_error = _short(e)
-            log.warning("decoding %s stopped early: %s", self.path, self.decode_error)
+            log.info("decoding %s stopped early: %s", self.path, self.decode_error)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         tb = self._v.time_base

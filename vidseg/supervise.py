@@ -12,7 +12,7 @@ from .errors import StageError
 
 log = logging.getLogger("vidseg.run")
 
-REPORTED = {2, 3, 4}  # exit codes of a stage that already printed its one-line error
+REPORTED = {2, 3, 4, 5}  # exit codes of a stage that already printed its one-line error
 
 
 @dataclass

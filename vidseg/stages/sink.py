@@ -9,9 +9,13 @@ after some frames were written, finalised so the work done is kept).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -78,8 +82,10 @@ class SinkStage:
     def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(), preview: bool = False):
         if out.output:
             check_output_path(out.output)
-        elif not preview:
-            raise InputError("nothing to write: give --output FILE.mp4 (or --preview on a machine with a display)")
+        if out.masks:
+            check_masks_dir(out.masks)
+        if not (out.output or out.masks or preview):
+            raise InputError("nothing to write: give --output FILE.mp4, --masks DIR, or --preview on a machine with a display")
         self.out = out
         self.flow = flow
         self.preview = preview
@@ -139,6 +145,7 @@ class SinkStage:
                 self.out.output, width=width, height=height, fps=fps, audio_from=info.header.get("audio"), crf=self.out.crf, preset=self.out.preset
             )
         window = self._window
+        masks = MaskWriter(self.out.masks) if self.out.masks else None
         buf = ReorderBuffer(capacity=2 * flow.window + 4)
         expected: int | None = None
         lost = dropped = 0
@@ -169,6 +176,8 @@ class SinkStage:
                                 writer.write(annotated)
                             if window is not None:
                                 window.show(annotated)
+                            if masks is not None:
+                                masks.write(_seq, mask)
                         if buf.next != written_before:
                             send_msg(self.sock, "ack", stream=int(info["stream"]), written=buf.next)
                 now = time.monotonic()
@@ -188,6 +197,8 @@ class SinkStage:
         finally:
             if window is not None:
                 window.close()
+            if masks is not None:
+                masks.close(keep=ok or buf.next > 0)
             output = None
             if writer is not None:
                 if ok or buf.next > 0:
@@ -197,9 +208,41 @@ class SinkStage:
                 else:
                     writer.abort()
         send_msg(self.sock, "ack", stream=int(info["stream"]), written=buf.next, final=True)
-        if lost:
-            log.warning("%d frame(s) of the source could not be decoded; the output has the %d that could", lost, buf.next)
         return SinkResult(buf.next, expected or 0, lost, dropped, output, self.malformed, time.monotonic() - t_start)
+
+
+def check_masks_dir(path: str) -> Path:
+    """The masks folder must be new (or empty) and its parent writable."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise InputError(f"masks folder {path} already exists and is not empty; choose a new --masks folder")
+    if not p.parent.is_dir():
+        raise InputError(f"directory {p.parent} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK):
+        raise InputError(f"directory {p.parent} is not writable; choose another --masks folder")
+    return p
+
+
+class MaskWriter:
+    """Class-id masks as 8-bit PNGs ``000000.png ...`` in a temporary folder renamed when done."""
+
+    def __init__(self, path: str):
+        self.path = check_masks_dir(path)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+
+    def write(self, seq: int, mask: np.ndarray) -> None:
+        import cv2
+
+        if not cv2.imwrite(str(self.tmp / f"{seq:06d}.png"), mask):
+            raise StageError(f"could not write a mask into {self.tmp}; check free disk space")
+
+    def close(self, keep: bool) -> None:
+        if keep:
+            if self.path.exists():
+                self.path.rmdir()  # checked empty at start
+            os.replace(self.tmp, self.path)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class _Preview:

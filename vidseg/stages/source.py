@@ -247,7 +247,7 @@ class SourceStage:
             if eof and not getattr(self, "_eos_sent", False):
                 lost = self.reader.lost
                 if lost:
-                    log.warning("%s: %d frame(s) could not be decoded and are missing from the output", self.source, lost)
+                    log.info("%s: %d frame(s) could not be decoded and are missing from the output", self.source, lost)
                 dropped = grabber.dropped if grabber else 0
                 send_msg(self.sock, "eos", identity=self.sink, stream=self.stream, frames=n, lost=lost, dropped=dropped)
                 self._eos_sent = True

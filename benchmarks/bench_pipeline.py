@@ -1,0 +1,155 @@
+"""Pipeline throughput and per-stage peak memory vs a single-process loop doing the same work.
+
+    python benchmarks/bench_pipeline.py [--frames 60] [--long 180] [--model deeplabv3plus]
+
+On a generated 720p clip: the three-stage ZeroMQ pipeline (separate processes)
+against one process that decodes → infers → composites → encodes in a loop,
+with the same model, input size and thread count, measured in the same run.
+Peak memory is each process's max RSS (wait4 rusage); it is measured at two
+clip lengths to show it does not grow with length. Prints a table, writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_clip(path: Path, frames: int, width: int = 1280, height: int = 720, fps: int = 25) -> Path:
+    """Realistic-ish 720p content: moving gradients, shapes and noise (so H.264 works for its bits)."""
+    import av
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        v = out.add_stream("libx264", rate=Fraction(fps))
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"crf": "23", "preset": "veryfast"}
+        for i in range(frames):
+            img = np.empty((height, width, 3), np.uint8)
+            img[..., 0] = (xx + 3 * i) % 256
+            img[..., 1] = (yy + 2 * i) % 256
+            img[..., 2] = ((xx + yy) // 4 + i) % 256
+            for k in range(6):
+                cx = int((k * 211 + 9 * i) % width)
+                cy = int((k * 137 + 5 * i) % height)
+                cv2.circle(img, (cx, cy), 60 + 10 * k, (40 * k % 256, 255 - 30 * k, 90), -1)
+            img = cv2.add(img, rng.integers(0, 12, img.shape, dtype=np.uint8))
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts = i
+            for p in v.encode(vf):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    return path
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float]:
+    """Wait for ``proc``; returns (exit code, peak RSS in MiB) from wait4's rusage."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0
+
+
+def run_pipeline(clip: Path, out: Path, model_args: list[str]) -> dict:
+    tmp = tempfile.mkdtemp(prefix="vidseg-bench-")
+    ep = f"ipc://{tmp}/d"
+    base = [sys.executable, "-m", "vidseg"]
+    threads = str(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    procs = {
+        "source": subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "-q"]),
+        "worker": subprocess.Popen(base + ["worker", "--connect", ep, "--threads", threads, *model_args, "-q"]),
+        "sink": subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out), "-q"]),
+    }
+    res = {}
+    for name, p in procs.items():
+        rc, rss = _wait(p)
+        if rc != 0:
+            raise SystemExit(f"{name} failed with exit code {rc}")
+        res[f"{name}_peak_rss_mib"] = rss
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+LOOP = r"""
+import sys, time, torch
+from vidseg.media import FileReader, VideoWriter
+from vidseg.composite import Compositor
+from vidseg.stages.infer import Segmenter, load_model
+from vidseg.config import ModelConfig
+clip, out, model, backbone, size, threads = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+m, card = load_model(ModelConfig(model=model, backbone=backbone or None))
+seg = Segmenter(m, card, device="cpu", input_size=int(size))
+comp = Compositor(__import__("numpy").asarray(card.palette, "uint8"), 0.5)
+r = FileReader(clip)
+w = VideoWriter(out, width=r.width, height=r.height, fps=r.fps)
+for frame, _ in r:
+    w.write(comp(frame, seg([frame])[0]))
+w.close()
+"""
+
+
+def run_loop(clip: Path, out: Path, model: str, backbone: str, size: int) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", LOOP, str(clip), str(out), model, backbone, str(size), str(os.cpu_count() or 1)], cwd=ROOT)
+    rc, rss = _wait(p)
+    if rc != 0:
+        raise SystemExit(f"loop failed with exit code {rc}")
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mib": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--long", type=int, default=180, help="a longer clip, to show memory does not grow")
+    ap.add_argument("--model", default="deeplabv3plus")
+    ap.add_argument("--backbone", default="mobilenetv2")
+    ap.add_argument("--input-size", type=int, default=512)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "pipeline.json"))
+    a = ap.parse_args()
+    model_args = ["--model", a.model, "--backbone", a.backbone, "--input-size", str(a.input_size), "--device", "cpu"]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in (a.frames, a.long):
+            clip = make_clip(Path(d) / f"clip{n}.mp4", n)
+            pipe = run_pipeline(clip, Path(d) / "p.mp4", model_args)
+            loop = run_loop(clip, Path(d) / "l.mp4", a.model, a.backbone, a.input_size)
+            rows.append({
+                "frames": n,
+                "pipeline_fps": n / pipe["seconds"],
+                "loop_fps": n / loop["seconds"],
+                "ratio": loop["seconds"] / pipe["seconds"],
+                **{k: v for k, v in pipe.items() if k.endswith("mib")},
+                "loop_peak_rss_mib": loop["peak_rss_mib"],
+            })
+    print(f"\npipeline vs single-process loop, 1280x720, {a.model}/{a.backbone} @ {a.input_size}, {os.cpu_count()} cores")
+    hdr = ("frames", "pipeline fps", "loop fps", "ratio", "source MiB", "worker MiB", "sink MiB", "loop MiB")
+    print(" | ".join(f"{h:>12}" for h in hdr))
+    for r in rows:
+        vals = (r["frames"], r["pipeline_fps"], r["loop_fps"], r["ratio"], r["source_peak_rss_mib"], r["worker_peak_rss_mib"], r["sink_peak_rss_mib"], r["loop_peak_rss_mib"])
+        print(" | ".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in vals))
+    short, long_ = rows
+    growth = {k: long_[k] - short[k] for k in short if k.endswith("mib")}
+    print("peak RSS growth from", short["frames"], "to", long_["frames"], "frames (MiB):", {k: round(v, 1) for k, v in growth.items()})
+    result = {"machine": platform.machine(), "cores": os.cpu_count(), "model": a.model, "backbone": a.backbone, "input_size": a.input_size, "rows": rows, "rss_growth_mib": growth, "target": "ratio >= 1.0; no RSS growth with length"}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=2))
+    print("wrote", a.json)
+
+
+if __name__ == "__main__":
+    main()
