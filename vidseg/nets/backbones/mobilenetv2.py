@@ -1,0 +1,106 @@
+"""Dilated MobileNetV2 in the layout of VainF's DeepLabV3Plus-Pytorch.
+
+The blocks are torchvision's (``conv.0.0`` expand, ``conv.1.0`` depthwise,
+``conv.2`` project, ``conv.3`` BN), split as VainF does into
+``low_level_features`` (features 0-3, stride 4, 24 channels) and
+``high_level_features`` (features 4-17 under their ORIGINAL indices, 320
+channels out; the final 1x1 conv to 1280 is dropped). torchvision ImageNet
+weights map with ``features.{i}`` -> ``low_level_features.{i}`` (i < 4) or
+``high_level_features.{i}`` (4 <= i <= 17).
+
+Stride is replaced by dilation once ``output_stride`` is reached (VainF's
+rule: the first block of a stage keeps the previous dilation). A depthwise
+3x3 conv with ``padding=dilation`` equals VainF's explicit ``fixed_padding``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from ..layers import init_weights, make_divisible
+
+__all__ = ["MobileNetV2"]
+
+# expansion t, channels c, repeats n, stride s
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_LOW_END = 4  # features[0:4] -> stride 4
+_AUX_INDEX = 13  # last block of the 96-channel stage (stride 16 without dilation)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, inp: int, oup: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
+                 groups: int = 1) -> None:
+        padding = (kernel_size - 1) // 2 * dilation
+        super().__init__(
+            nn.Conv2d(inp, oup, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
+            nn.BatchNorm2d(oup),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, dilation: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNReLU(inp, hidden, kernel_size=1))
+        layers += [
+            ConvBNReLU(hidden, hidden, stride=stride, dilation=dilation, groups=hidden),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """``forward`` returns ``{"low": stride-4 (24 ch), "aux": 96-ch stage, "out": 320 ch}``."""
+
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be one of [8, 16, 32], got {output_stride!r}")
+        self.output_stride = output_stride
+        input_channel = make_divisible(32 * width_mult)
+        features: list[nn.Module] = [ConvBNReLU(3, input_channel, stride=2)]
+        current_stride, dilation = 2, 1
+        aux_channels = 0
+        for t, c, n, s in _SETTINGS:
+            output_channel = make_divisible(c * width_mult)
+            previous_dilation = dilation
+            if current_stride == output_stride:
+                stride, dilation = 1, dilation * s
+            else:
+                stride, current_stride = s, current_stride * s
+            for i in range(n):
+                if i == 0:
+                    features.append(InvertedResidual(input_channel, output_channel, stride, previous_dilation, t))
+                else:
+                    features.append(InvertedResidual(input_channel, output_channel, 1, dilation, t))
+                input_channel = output_channel
+            if c == 96:
+                aux_channels = output_channel
+        self.low_level_features = nn.Sequential(*features[:_LOW_END])
+        self.high_level_features = nn.Sequential(
+            OrderedDict((str(i), m) for i, m in enumerate(features) if i >= _LOW_END)
+        )
+        self.channels = {
+            "low": make_divisible(24 * width_mult),
+            "aux": aux_channels,
+            "out": input_channel,
+        }
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        low = self.low_level_features(x)
+        x, aux = low, low
+        for name, block in self.high_level_features.named_children():
+            x = block(x)
+            if int(name) == _AUX_INDEX:
+                aux = x
+        return {"low": low, "aux": aux, "out": x}

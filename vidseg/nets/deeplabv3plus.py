@@ -1,0 +1,202 @@
+"""DeepLabV3+ (Chen et al., ECCV 2018): atrous backbone + ASPP + a light decoder.
+
+Layout and checkpoint names
+---------------------------
+Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
+
+    backbone.*                    ResNet: torchvision names (stem="torchvision");
+                                  MobileNetV2: low_level_features / high_level_features
+    classifier.project.{0,1}      low-level 1x1 conv -> 48, BN
+    classifier.aspp.convs.{0..4}  ASPP branches (4 = image pooling: .1 conv, .2 BN)
+    classifier.aspp.project.{0,1} 1x1 conv -> 256, BN
+    classifier.classifier.*       decoder convs and the 1x1 classifier
+    aux_classifier.{0,1,4}        optional, torchvision FCNHead layout (aux=True)
+
+* VainF resnet50/101, mobilenet: 1:1 with ``decoder_convs=1`` (VainF's
+  decoder has ONE 3x3 conv: ``classifier.classifier.{0,1,3}``). The paper's
+  and the default ``decoder_convs=2`` decoder is ``classifier.classifier.
+  {0,1,3,4,6}``. VainF's xception is a different (non-aligned) network and
+  does not map.
+* bubbliiiing deeplabv3-plus: xception backbone keys are identical
+  (``backbone.*``, seed layout); ``aspp.branch1..4`` -> ``classifier.aspp.convs.0..3``,
+  ``aspp.branch5_conv/_bn`` -> ``convs.4.1/.2``, ``aspp.conv_cat`` ->
+  ``classifier.aspp.project``, ``shortcut_conv`` -> ``classifier.project``,
+  ``cat_conv.{0,1,4,5}`` -> ``classifier.classifier.{0,1,3,4}``, ``cls_conv`` ->
+  ``classifier.classifier.6``. Its convs carry biases (load them into
+  bias-free convs by folding into the following BN's running_mean), it
+  concatenates [ASPP, low-level] where VainF (and this code) use
+  [low-level, ASPP] - permute the input channels of ``cat_conv.0`` - and its
+  MobileNetV2 blocks are flat (``conv.0,1,3,4,6,7``) instead of nested.
+  Use ``align_corners=True`` with its weights.
+* torchvision deeplabv3_* (not "plus"): ``backbone.*`` and
+  ``aux_classifier.*`` map 1:1 (resnet), ``classifier.0.*`` ->
+  ``classifier.aspp.*``; it has no decoder, so only backbone + ASPP transfer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .aspp import ASPP
+from .backbones import BACKBONES, build_backbone
+from .layers import check_width_mult, init_weights, resize, scale_channels
+from .registry import register_model
+
+__all__ = ["DeepLabV3Plus", "DeepLabV3PlusHead", "deeplabv3plus"]
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """ASPP on the high-level features, fused with projected stride-4 features."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        low_channels: int,
+        num_classes: int,
+        *,
+        rates: Sequence[int],
+        channels: int = 256,
+        low_out: int = 48,
+        aspp_dropout: float = 0.1,
+        decoder_convs: int = 2,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+        self.project = nn.Sequential(
+            nn.Conv2d(low_channels, low_out, 1, bias=False), nn.BatchNorm2d(low_out), nn.ReLU(inplace=True)
+        )
+        self.aspp = ASPP(in_channels, rates, channels, dropout=aspp_dropout)
+        layers: list[nn.Module] = []
+        cin = low_out + channels
+        for _ in range(decoder_convs):
+            layers += [
+                nn.Conv2d(cin, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+            cin = channels
+        layers.append(nn.Conv2d(channels, num_classes, 1))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, low: Tensor, high: Tensor) -> Tensor:
+        low = self.project(low)
+        high = resize(self.aspp(high), low.shape[-2:], self.align_corners)
+        return self.classifier(torch.cat([low, high], dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """``forward(x)`` returns logits at the input size; ``(main, aux)`` in training with ``aux``."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        num_classes: int,
+        width_mult: float = 1.0,
+        align_corners: bool = False,
+        aux: bool = False,
+        rates: Sequence[int] = (6, 12, 18),
+        aspp_dropout: float = 0.1,
+        decoder_convs: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.align_corners = bool(align_corners)
+        self.aux = bool(aux)
+        self.output_stride = backbone.output_stride
+        feat = backbone.channels
+        self.backbone = backbone
+        self.classifier = DeepLabV3PlusHead(
+            feat["out"],
+            feat["low"],
+            num_classes,
+            rates=rates,
+            channels=scale_channels(256, width_mult),
+            low_out=scale_channels(48, width_mult),
+            aspp_dropout=aspp_dropout,
+            decoder_convs=decoder_convs,
+            align_corners=align_corners,
+        )
+        if aux:
+            mid = max(8, feat["aux"] // 4)
+            # torchvision's FCNHead layout: aux_classifier.{0,1,4}
+            self.aux_classifier = nn.Sequential(
+                nn.Conv2d(feat["aux"], mid, 3, padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.1),
+                nn.Conv2d(mid, num_classes, 1),
+            )
+            init_weights(self.aux_classifier)
+        else:
+            self.aux_classifier = None
+        init_weights(self.classifier)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        out = resize(self.classifier(feats["low"], feats["out"]), size, self.align_corners)
+        if self.training and self.aux_classifier is not None:
+            return out, resize(self.aux_classifier(feats["aux"]), size, self.align_corners)
+        return out
+
+
+@register_model(
+    "deeplabv3plus",
+    backbones=BACKBONES,
+    default_backbone="mobilenetv2",
+    description="DeepLabV3+: atrous backbone + ASPP (image pooling) + stride-4 decoder",
+)
+def deeplabv3plus(
+    *,
+    backbone: str = "mobilenetv2",
+    num_classes: int = 19,
+    width_mult: float = 1.0,
+    align_corners: bool = False,
+    aux: bool = False,
+    output_stride: int = 16,
+    stem: str | None = None,
+    aspp_rates: Sequence[int] | None = None,
+    aspp_dropout: float = 0.1,
+    decoder_convs: int = 2,
+) -> DeepLabV3Plus:
+    """Build a randomly initialised DeepLabV3+.
+
+    Args:
+        backbone: ``mobilenetv2`` (default), ``resnet50``, ``resnet101``, ``xception``.
+        num_classes: output channels.
+        width_mult: scales every channel count of backbone and head (min 8).
+        align_corners: for the final and every internal bilinear upsample.
+        aux: FCN auxiliary head on the layer3-equivalent features; training
+            mode then returns ``(main, aux)``.
+        output_stride: 8 or 16 (default).
+        stem: ResNet flavour, default ``"torchvision"`` (VainF); also
+            ``"deep"``, ``"mmseg"``. ResNet backbones only.
+        aspp_rates: default (6, 12, 18) at output stride 16, doubled at 8.
+        aspp_dropout: dropout after the ASPP projection (VainF 0.1, paper 0.5 in some code).
+        decoder_convs: 3x3 convs in the decoder: 2 (paper, default) or 1 (VainF).
+    """
+    width_mult = check_width_mult(width_mult)
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be one of [8, 16], got {output_stride!r}")
+    if decoder_convs not in (1, 2):
+        raise ValueError(f"decoder_convs must be 1 or 2, got {decoder_convs!r}")
+    if backbone.startswith("resnet") and stem is None:
+        stem = "torchvision"
+    rates = tuple(aspp_rates) if aspp_rates is not None else tuple(r * 16 // output_stride for r in (6, 12, 18))
+    if len(rates) != 3:
+        raise ValueError(f"aspp_rates needs 3 rates, got {rates!r}")
+    net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem)
+    return DeepLabV3Plus(
+        net,
+        num_classes=num_classes,
+        width_mult=width_mult,
+        align_corners=align_corners,
+        aux=aux,
+        rates=rates,
+        aspp_dropout=aspp_dropout,
+        decoder_convs=decoder_convs,
+    )
