@@ -1,0 +1,776 @@
+"""Import public segmentation checkpoints into vidseg's format.
+
+Each public format is recognised from the loaded object (wrapper dict, key
+prefixes, shapes), its tensors are renamed and transformed into the state
+dict of the vidseg network that computes the same function, and a model card
+records the source's preprocessing, align_corners, classes and palette - the
+same weights give wrong masks under the wrong preprocessing.
+
+============== =========================== ====================================================
+format         vidseg model                transformation
+============== =========================== ====================================================
+ccnet-official ccnet resnet50/101,         InPlaceABN -> BatchNorm (weight = abs(w) + 1e-5),
+               stem=deep, head_act=leaky   ``num_batches_tracked`` added, ``dsn`` dropped
+mmseg          ccnet resnet50/101,         ``backbone.stem.*`` -> ``conv1..bn3``,
+               stem=mmseg, head_act=relu   ``decode_head`` -> ``head``, gamma () -> (1,),
+                                           ``auxiliary_head`` dropped
+vainf          deeplabv3plus resnet50/101  1:1 (``{'model_state': ...}`` unwrapped);
+               / mobilenetv2,              MobileNetV2 is approximate (padding, see below)
+               decoder_convs=1
+bubbliiiing    deeplabv3plus mobilenetv2   conv biases folded into the next BN's running_mean,
+               / xception, decoder_convs=2 decoder input channels permuted ([ASPP, low] ->
+                                           [low, ASPP]), flat MobileNetV2 blocks nested
+torchvision    -                           recognised; DeepLabV3 (no decoder) and MobileNetV3
+jfzhang95      -                           recognised; backbones dilate differently
+smp            -                           recognised; separable ASPP/decoder convs
+============== =========================== ====================================================
+
+The last three raise :class:`~vidseg.errors.InputError` saying what vidseg's
+networks lack: importing them into a look-alike network would give wrong
+masks without any error.
+
+VainF's MobileNetV2 pads each inverted-residual block's INPUT (before the 1x1
+expansion conv, so the border of the expanded tensor is
+``relu6(bn(conv(0)))``, not 0) and its first conv has no padding; vidseg's
+MobileNetV2 zero-pads the depthwise conv. Interior pixels agree, borders and
+a one-pixel shift differ; the card says so.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import InputError, VidsegError
+from .zoo import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelCard,
+    Preprocess,
+    load_state_strict,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "FORMATS",
+    "SUPPORTED_FORMATS",
+    "convert",
+    "detect_and_convert",
+    "detect_format",
+    "import_checkpoint",
+    "weights_group",
+]
+
+log = logging.getLogger("vidseg.weights")
+
+# Every format detect_format can name; the first four convert.
+SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing")
+FORMATS = SUPPORTED_FORMATS + ("torchvision", "jfzhang95", "smp")
+SOURCES = {
+    "ccnet-official": "official CCNet (speedinghzl/CCNet)",
+    "mmseg": "mmsegmentation CCNet",
+    "vainf": "VainF/DeepLabV3Plus-Pytorch",
+    "bubbliiiing": "bubbliiiing/deeplabv3-plus-pytorch",
+    "torchvision": "torchvision segmentation",
+    "jfzhang95": "jfzhang95/pytorch-deeplab-xception",
+    "smp": "segmentation_models_pytorch",
+}
+
+INPLACE_ABN_EPS = 1e-5
+CAFFE_MEAN_BGR = (104.01, 116.67, 122.68)
+MMSEG_MEAN = (123.675, 116.28, 103.53)
+MMSEG_STD = (58.395, 57.12, 57.375)
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+CITYSCAPES_PALETTE = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+_RESNET_DEPTH = {6: "resnet50", 23: "resnet101"}  # blocks in layer3
+_AUX_PREFIXES = ("dsn.", "aux_classifier.")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _unwrap(obj: Any) -> tuple[dict | None, dict]:
+    """``(tensor dict with 'module.' stripped, meta dict)``; ``(None, {})`` when there is none."""
+    import torch
+
+    meta: dict = {}
+    if not isinstance(obj, dict):
+        return None, meta
+    if isinstance(obj.get("meta"), dict):
+        meta = obj["meta"]
+    for key in ("state_dict", "model_state", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return None, meta
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return state, meta
+
+
+def _has(state: dict, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state)
+
+
+def detect_format(obj: Any) -> str | None:
+    """Name the public format of a loaded checkpoint, or None (vidseg's own, or unknown).
+
+    Looks at the wrapper, the key prefixes and a few shapes; see :data:`FORMATS`.
+    """
+    if isinstance(obj, dict) and (obj.get("vidseg_checkpoint") or "vidseg_train_state" in obj):
+        return None
+    state, _ = _unwrap(obj)
+    if state is None:
+        return None
+    if _has(state, "head.cca.") and _has(state, "dsn.") and "conv3.weight" in state and _has(state, "layer4."):
+        return "ccnet-official"
+    if _has(state, "decode_head.") and _has(state, "backbone."):
+        return "mmseg"
+    if _has(state, "aspp.branch1.") and "cls_conv.weight" in state:
+        return "bubbliiiing"
+    if _has(state, "aspp.aspp1.") and _has(state, "decoder."):
+        return "jfzhang95"
+    if _has(state, "encoder.") and _has(state, "segmentation_head."):
+        return "smp"
+    if _has(state, "backbone.") and (
+        _has(state, "classifier.0.convs.") or _has(state, "classifier.low_classifier.") or
+        ("classifier.4.weight" in state and not _has(state, "classifier.classifier."))
+    ):
+        return "torchvision"
+    if _has(state, "backbone.") and _has(state, "classifier.classifier."):
+        # VainF's decoder has ONE 3x3 conv (classifier.classifier.{0,1,3}) and full
+        # widths; a vidseg deeplabv3plus state dict (2 decoder convs or width_mult)
+        # is the caller's own model, not a VainF file, and loads as it is.
+        w = state.get("classifier.project.0.weight")
+        if w is not None and (w.shape[0] != 48 or "classifier.classifier.6.weight" in state):
+            return None
+        return "vainf"
+    return None
+
+
+# ----------------------------------------------------------------------------- cards
+
+
+def _classes(num_classes: int, meta: dict | None = None) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Class names and palette: the checkpoint's own (mmseg meta), Cityscapes, VOC or generic."""
+    meta = meta or {}
+    ds = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    names = meta.get("CLASSES") or ds.get("classes")
+    palette = meta.get("PALETTE") or ds.get("palette")
+    try:
+        if names is not None and len(names) == num_classes:
+            names_t = tuple(str(n) for n in names)
+            pal_t: tuple = ()
+            if palette is not None and len(palette) == num_classes:
+                pal_t = tuple(tuple(int(c) for c in p) for p in palette)
+            if not pal_t and num_classes == 19:
+                pal_t = CITYSCAPES_PALETTE
+            return names_t, pal_t
+    except (TypeError, ValueError):
+        pass  # odd meta: fall back to the class count
+    if num_classes == 19:
+        return CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+    if num_classes == 21:
+        from .composite import make_palette
+
+        return VOC_CLASSES, tuple(tuple(int(v) for v in c) for c in make_palette(21).tolist())
+    return (), ()
+
+
+def _input_size(num_classes: int, default: int = 512) -> int:
+    # Cityscapes models are evaluated on whole 2048x1024 frames; objects must keep that scale.
+    return 2048 if num_classes == 19 else default
+
+
+def _card(fmt: str, architecture: str, backbone: str, num_classes: int, *, arch: dict, preprocess: Preprocess,
+          align_corners: bool, input_size: int, meta: dict | None = None, note: str = "") -> ModelCard:
+    names, palette = _classes(num_classes, meta)
+    desc = f"imported from {SOURCES[fmt]} ({fmt})" + (f"; {note}" if note else "")
+    return ModelCard(
+        name=f"{fmt}-{architecture}-{backbone}",
+        architecture=architecture,
+        backbone=backbone,
+        num_classes=num_classes,
+        class_names=names,
+        palette=palette,
+        preprocess=preprocess,
+        align_corners=align_corners,
+        input_size=input_size,
+        arch=dict(arch),
+        description=desc,
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _need(state: dict, keys: tuple[str, ...], fmt: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise InputError(
+            f"the file does not look like a {fmt} checkpoint (no {', '.join(missing[:2])}); "
+            "try --format auto or the format it came from"
+        )
+
+
+def _blocks(state: dict, prefix: str) -> int:
+    idx = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(idx) + 1 if idx else 0
+
+
+def _resnet_depth(state: dict, prefix: str, fmt: str) -> str:
+    n = _blocks(state, prefix + "layer3.")
+    if n not in _RESNET_DEPTH:
+        raise InputError(
+            f"{fmt} checkpoint has a ResNet with {n} blocks in layer3; vidseg imports ResNet-50 (6) and ResNet-101 (23)"
+        )
+    return _RESNET_DEPTH[n]
+
+
+def _num_classes(state: dict, key: str, given: int | None) -> int:
+    n = int(state[key].shape[0])
+    if given is not None and int(given) != n:
+        raise InputError(
+            f"the checkpoint has {n} classes ({key} has {n} rows) but --num-classes {given} was given; "
+            f"drop --num-classes or use {n}"
+        )
+    return n
+
+
+def _bn_prefixes(state: dict) -> set[str]:
+    return {k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")}
+
+
+def _fold_bias(out: dict, bn: str, bias) -> None:
+    """Fold a conv bias into the following BatchNorm: BN(y + b) == BN'(y) with running_mean' = mean - b."""
+    out[f"{bn}.running_mean"] = out[f"{bn}.running_mean"] - bias
+
+
+def _rename(state: dict, rules: list[tuple[str, str]]) -> dict:
+    """Rename by the first matching prefix rule; keys matching no rule are kept as they are."""
+    out = {}
+    for k, v in state.items():
+        for old, new in rules:
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
+
+
+@lru_cache(maxsize=16)
+def _target_shapes(architecture: str, backbone: str, num_classes: int, arch_items: tuple) -> dict:
+    """Key -> (shape, dtype) of the target network, built on the meta device (no memory, no init)."""
+    import torch
+
+    from .nets import build_model
+
+    with torch.device("meta"):
+        model = build_model(architecture, backbone=backbone, num_classes=num_classes, **dict(arch_items))
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+class _Shapes:
+    """Stands in for a model in :func:`load_state_strict`: the same checks and messages, no weights."""
+
+    def __init__(self, shapes: dict) -> None:
+        import torch
+
+        self._sd = {k: torch.empty(s, dtype=dt, device="meta") for k, (s, dt) in shapes.items()}
+
+    def state_dict(self) -> dict:
+        return self._sd
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        return None
+
+
+def _finish(card: ModelCard, state: dict) -> dict:
+    """Add BatchNorm counters the source lacks, drop aux weights the target lacks, check the fit."""
+    import torch
+
+    shapes = _target_shapes(card.architecture, card.backbone, card.num_classes, tuple(sorted(card.arch.items())))
+    state = {k: v for k, v in state.items() if k in shapes or not k.startswith(_AUX_PREFIXES)}
+    for k, (_, dtype) in shapes.items():
+        if k.endswith(".num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=dtype)
+    what = f"{card.architecture}/{card.backbone} with {card.num_classes} classes"
+    load_state_strict(_Shapes(shapes), state, what=what)
+    return state
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _official(state: dict, meta: dict, num_classes: int | None, aux: bool, **_: Any) -> tuple[ModelCard, dict]:
+    _need(state, ("conv1.weight", "conv3.weight", "head.bottleneck.3.weight", "head.cca.gamma"), "ccnet-official")
+    if tuple(state["conv1.weight"].shape) != (64, 3, 3, 3) or tuple(state["conv3.weight"].shape)[:2] != (128, 64):
+        raise InputError("ccnet-official checkpoint without the 64-64-128 deep stem; vidseg cannot import this variant")
+    backbone = _resnet_depth(state, "", "ccnet-official")
+    n = _num_classes(state, "head.bottleneck.3.weight", num_classes)
+    out = {}
+    bns = _bn_prefixes(state)
+    for k, v in state.items():
+        if k.startswith("dsn.") and not aux:
+            continue
+        # InPlaceABN normalises with abs(weight) + eps (it must stay invertible); a
+        # BatchNorm that computes the same needs that as its weight - backbone and head alike.
+        if k.endswith(".weight") and k[: -len(".weight")] in bns:
+            v = v.abs() + INPLACE_ABN_EPS
+        out[k] = v
+    arch = {"stem": "deep", "head_act": "leaky", "output_stride": 8}
+    if aux:
+        arch["aux"] = True
+    card = _card(
+        "ccnet-official", "ccnet", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="BGR", scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0)),
+        align_corners=True, input_size=_input_size(n), meta=meta,
+    )
+    return card, out
+
+
+_MMSEG_RULES = [
+    ("backbone.stem.0.", "conv1."), ("backbone.stem.1.", "bn1."),
+    ("backbone.stem.3.", "conv2."), ("backbone.stem.4.", "bn2."),
+    ("backbone.stem.6.", "conv3."), ("backbone.stem.7.", "bn3."),
+    ("backbone.", ""),
+    ("decode_head.convs.0.conv.", "head.conva.0."), ("decode_head.convs.0.bn.", "head.conva.1."),
+    ("decode_head.convs.1.conv.", "head.convb.0."), ("decode_head.convs.1.bn.", "head.convb.1."),
+    ("decode_head.conv_cat.conv.", "head.bottleneck.0."), ("decode_head.conv_cat.bn.", "head.bottleneck.1."),
+    ("decode_head.conv_seg.", "head.bottleneck.3."),
+    ("decode_head.cca.", "head.cca."),
+    ("auxiliary_head.convs.0.conv.", "dsn.0."), ("auxiliary_head.convs.0.bn.", "dsn.1."),
+    ("auxiliary_head.conv_seg.", "dsn.3."),
+]
+
+
+def _mmseg(state: dict, meta: dict, num_classes: int | None, aux: bool, align_corners: bool | None = None,
+           **_: Any) -> tuple[ModelCard, dict]:
+    if not _has(state, "decode_head.") or not _has(state, "backbone."):
+        _need(state, ("backbone.stem.0.weight", "decode_head.conv_seg.weight"), "mmseg")
+    if not _has(state, "decode_head.cca."):
+        head = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
+        raise InputError(
+            f"only mmseg CCNet checkpoints (decode_head.cca) can be imported; this decode_head has "
+            f"{', '.join(head[:4])} - vidseg has no network for it"
+        )
+    _need(state, ("backbone.stem.0.weight", "decode_head.conv_seg.weight", "decode_head.cca.gamma.scale",
+                  "decode_head.conv_cat.conv.weight", "decode_head.convs.1.conv.weight"), "mmseg")
+    if _has(state, "decode_head.convs.2."):
+        raise InputError("mmseg CCHead with more than 2 convs; vidseg's RCCA head has conva and convb only")
+    if tuple(state["backbone.stem.0.weight"].shape) != (32, 3, 3, 3):
+        raise InputError("mmseg checkpoint without ResNetV1c's 32-32-64 stem; vidseg cannot import this backbone")
+    if _has(state, "backbone.layer1.0.downsample.2."):
+        raise InputError("mmseg ResNetV1d (avg_down) backbone; vidseg's ResNet downsamples with a strided 1x1 conv only")
+    backbone = _resnet_depth(state, "backbone.", "mmseg")
+    n = _num_classes(state, "decode_head.conv_seg.weight", num_classes)
+    src = {k: v for k, v in state.items() if aux or not k.startswith("auxiliary_head.")}
+    out = _rename(src, _MMSEG_RULES)
+    # mmcv's Scale keeps gamma as a 0-d parameter; vidseg's (and the official) is (1,).
+    out["head.cca.gamma"] = out.pop("head.cca.gamma.scale").reshape(1)
+    arch: dict = {"stem": "mmseg", "head_act": "relu", "output_stride": 8}
+    if aux:
+        if "dsn.0.weight" not in out:
+            raise InputError("--keep-aux: this mmseg checkpoint has no auxiliary_head")
+        # mmseg's ConvModule conv has no bias (BN follows); the DSN conv has one: zeros compute the same.
+        import torch
+
+        out["dsn.0.bias"] = torch.zeros(out["dsn.0.weight"].shape[0], dtype=out["dsn.0.weight"].dtype)
+        arch.update(aux=True, aux_channels=int(out["dsn.0.weight"].shape[0]))
+    card = _card(
+        "mmseg", "ccnet", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="RGB", scale=1.0, mean=MMSEG_MEAN, std=MMSEG_STD),
+        # mmseg's 512x1024 Cityscapes and ADE20K configs; its 769x769 configs use True.
+        align_corners=False if align_corners is None else bool(align_corners),
+        input_size=_input_size(n), meta=meta,
+        note="" if align_corners is not None else
+        "align_corners=False as in mmseg's 512x1024 configs (769x769 configs: re-import with --align-corners)",
+    )
+    return card, out
+
+
+def _vainf(state: dict, meta: dict, num_classes: int | None, aux: bool, output_stride: int | None = None,
+           **_: Any) -> tuple[ModelCard, dict]:
+    if _has(state, "classifier.classifier.0.convs."):
+        raise InputError(
+            "VainF DeepLabV3 (not plus) checkpoint: vidseg has no DeepLabV3 head (ASPP -> 3x3 conv -> classifier, "
+            "no decoder); use a deeplabv3plus_* checkpoint"
+        )
+    if any(".body." in k for k in state if k.startswith("classifier.")):
+        raise InputError("VainF checkpoint trained with --separable_conv; vidseg's ASPP and decoder use plain convs")
+    _need(state, ("classifier.project.0.weight", "classifier.aspp.project.0.weight"), "vainf")
+    note = ""
+    if "backbone.conv1.weight" in state and tuple(state["backbone.conv1.weight"].shape)[2:] == (7, 7):
+        backbone = _resnet_depth(state, "backbone.", "vainf")
+        arch: dict = {"stem": "torchvision"}
+    elif _has(state, "backbone.low_level_features.") and _has(state, "backbone.high_level_features."):
+        backbone = "mobilenetv2"
+        arch = {}
+        note = ("approximate: VainF's MobileNetV2 does not pad its first conv and pads each block's input before "
+                "the 1x1 expansion; vidseg zero-pads the 3x3 convs - masks shift by a pixel and differ at borders")
+        log.warning("VainF MobileNetV2 import is %s", note)
+    elif _has(state, "backbone.block1.") or _has(state, "backbone.stage4."):
+        kind = "Xception (Cadene's, non-aligned)" if _has(state, "backbone.block1.") else "HRNetV2"
+        raise InputError(
+            f"VainF deeplabv3plus with the {kind} backbone: vidseg has no such backbone "
+            "(its xception is the aligned Xception of bubbliiiing's checkpoints); use a resnet50/101 or mobilenet one"
+        )
+    else:
+        raise InputError("VainF checkpoint with an unknown backbone; vidseg imports resnet50/101 and mobilenet")
+    convs = sorted(int(m.group(1)) for k, v in state.items()
+                   if (m := re.fullmatch(r"classifier\.classifier\.(\d+)\.weight", k)) and v.dim() == 4)
+    if not convs:
+        raise InputError("the file does not look like a vainf checkpoint (no classifier.classifier.*); try --format auto")
+    cls_key = f"classifier.classifier.{convs[-1]}.weight"
+    n = _num_classes(state, cls_key, num_classes)
+    arch.update(decoder_convs=len(convs) - 1, output_stride=int(output_stride or 16))
+    out = {k: v for k, v in state.items() if aux or not k.startswith("aux_classifier.")}
+    if aux and _has(out, "aux_classifier."):
+        arch["aux"] = True
+    card = _card(
+        "vainf", "deeplabv3plus", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        align_corners=False, input_size=_input_size(n), meta=meta, note=note,
+    )
+    return card, out
+
+
+# bubbliiiing's flat MobileNetV2 blocks -> torchvision/VainF's nested ones.
+_MBV2_EXPAND = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+_MBV2_NO_EXPAND = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+
+
+def _bubbliiiing_mobilenet(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"backbone\.features\.(\d+)\.(.*)$", k)
+        if not m:
+            out[k] = v
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        if i >= 18:  # the 1x1 conv to 1280 channels; bubbliiiing drops it too
+            continue
+        if i > 0:
+            mm = re.match(r"conv\.(\d+)\.(.*)$", rest)
+            if not mm:
+                raise InputError(f"bubbliiiing MobileNetV2 key {k} has an unexpected layout")
+            table = _MBV2_EXPAND if f"backbone.features.{i}.conv.6.weight" in state else _MBV2_NO_EXPAND
+            if mm.group(1) not in table:
+                raise InputError(f"bubbliiiing MobileNetV2 key {k} has an unexpected layout")
+            rest = f"conv.{table[mm.group(1)]}.{mm.group(2)}"
+        part = "low_level_features" if i < 4 else "high_level_features"
+        out[f"backbone.{part}.{i}.{rest}"] = v
+    return out
+
+
+_BUBB_CONV_BN = [  # (conv, its BN, vidseg conv, vidseg BN)
+    ("aspp.branch1.0", "aspp.branch1.1", "classifier.aspp.convs.0.0", "classifier.aspp.convs.0.1"),
+    ("aspp.branch2.0", "aspp.branch2.1", "classifier.aspp.convs.1.0", "classifier.aspp.convs.1.1"),
+    ("aspp.branch3.0", "aspp.branch3.1", "classifier.aspp.convs.2.0", "classifier.aspp.convs.2.1"),
+    ("aspp.branch4.0", "aspp.branch4.1", "classifier.aspp.convs.3.0", "classifier.aspp.convs.3.1"),
+    ("aspp.branch5_conv", "aspp.branch5_bn", "classifier.aspp.convs.4.1", "classifier.aspp.convs.4.2"),
+    ("aspp.conv_cat.0", "aspp.conv_cat.1", "classifier.aspp.project.0", "classifier.aspp.project.1"),
+    ("shortcut_conv.0", "shortcut_conv.1", "classifier.project.0", "classifier.project.1"),
+    ("cat_conv.0", "cat_conv.1", "classifier.classifier.0", "classifier.classifier.1"),
+    ("cat_conv.4", "cat_conv.5", "classifier.classifier.3", "classifier.classifier.4"),
+]
+_BN_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _bubbliiiing(state: dict, meta: dict, num_classes: int | None, aux: bool, output_stride: int | None = None,
+                 **_: Any) -> tuple[ModelCard, dict]:
+    import torch
+
+    need = tuple(f"{c}.weight" for c, _, _, _ in _BUBB_CONV_BN) + ("cls_conv.weight",)
+    _need(state, need, "bubbliiiing")
+    if _has(state, "backbone.features."):
+        backbone = "mobilenetv2"
+        src = _bubbliiiing_mobilenet(state)
+    elif _has(state, "backbone.block1."):
+        backbone = "xception"
+        src = dict(state)  # vidseg's aligned Xception has bubbliiiing's module names
+    else:
+        raise InputError("bubbliiiing checkpoint with an unknown backbone; vidseg imports mobilenet and xception")
+    n = _num_classes(state, "cls_conv.weight", num_classes)
+    out = {k: v for k, v in src.items() if k.startswith("backbone.")}
+    low = int(state["shortcut_conv.0.weight"].shape[0])
+    for conv, bn, vconv, vbn in _BUBB_CONV_BN:
+        w = state[f"{conv}.weight"]
+        if conv == "cat_conv.0":
+            # bubbliiiing concatenates [ASPP, low-level]; vidseg (and VainF) [low-level, ASPP].
+            high = w.shape[1] - low
+            w = torch.cat([w[:, high:], w[:, :high]], dim=1)
+        out[f"{vconv}.weight"] = w
+        for part in _BN_PARTS:
+            if f"{bn}.{part}" in state:
+                out[f"{vbn}.{part}"] = state[f"{bn}.{part}"]
+        if f"{conv}.bias" in state:
+            _fold_bias(out, vbn, state[f"{conv}.bias"])
+    out["classifier.classifier.6.weight"] = state["cls_conv.weight"]
+    out["classifier.classifier.6.bias"] = state["cls_conv.bias"]
+    arch = {"decoder_convs": 2, "output_stride": int(output_stride or 16)}
+    card = _card(
+        "bubbliiiing", "deeplabv3plus", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        align_corners=True, input_size=512, meta=meta,
+        note="trained on 512x512 letterboxed inputs (grey 128 borders); vidseg resizes without letterbox",
+    )
+    return card, out
+
+
+def _torchvision(state: dict, *_: Any, **__: Any):
+    if _has(state, "backbone.conv1."):
+        what = "DeepLabV3 (not plus) with a ResNet backbone"
+    elif _has(state, "backbone.0.0."):
+        what = "DeepLabV3/LR-ASPP with a MobileNetV3 backbone"
+    else:
+        what = "a segmentation model"
+    raise InputError(
+        f"torchvision {what}: vidseg has no DeepLabV3 head (ASPP -> 3x3 conv -> classifier, no decoder)"
+        f"{' nor a MobileNetV3 backbone' if 'MobileNetV3' in what else ''}; use a CCNet or DeepLabV3+ "
+        "checkpoint (ccnet-official, mmseg, vainf, bubbliiiing) instead"
+    )
+
+
+def _jfzhang95(state: dict, *_: Any, **__: Any):
+    if _has(state, "backbone.layer4."):
+        why = "its ResNet dilates layer4 with multi-grid (1, 2, 4) and no contracted first block"
+    elif _has(state, "backbone.block1."):
+        why = "its aligned Xception takes low-level features from block1 (128 ch) and differs in block layout"
+    else:
+        why = "its MobileNetV2 leaves the 160-channel blocks undilated and pads block inputs before the expansion conv"
+    raise InputError(
+        f"jfzhang95 deeplab checkpoint: vidseg's DeepLabV3+ cannot compute the same function ({why}); "
+        "use a VainF or bubbliiiing DeepLabV3+ checkpoint instead"
+    )
+
+
+def _smp(state: dict, *_: Any, **__: Any):
+    raise InputError(
+        "segmentation_models_pytorch checkpoint: its DeepLabV3+ uses depthwise-separable ASPP and decoder convs, "
+        "which vidseg's DeepLabV3+ does not have; use a VainF or bubbliiiing DeepLabV3+ checkpoint instead"
+    )
+
+
+_CONVERTERS = {
+    "ccnet-official": _official,
+    "mmseg": _mmseg,
+    "vainf": _vainf,
+    "bubbliiiing": _bubbliiiing,
+    "torchvision": _torchvision,
+    "jfzhang95": _jfzhang95,
+    "smp": _smp,
+}
+
+
+def _dedupe(state: dict) -> dict:
+    """Drop a second name for the same tensors (jfzhang95's MobileNet keeps ``features`` and its two halves)."""
+    if _has(state, "backbone.features.") and _has(state, "backbone.low_level_features."):
+        return {k: v for k, v in state.items() if not k.startswith("backbone.features.")}
+    return state
+
+
+def convert(
+    obj: Any,
+    fmt: str,
+    *,
+    num_classes: int | None = None,
+    aux: bool = False,
+    align_corners: bool | None = None,
+    output_stride: int | None = None,
+) -> tuple[ModelCard, dict]:
+    """Map a loaded public checkpoint ``obj`` of format ``fmt`` onto a vidseg network.
+
+    Args:
+        obj: what ``torch.load`` returned (wrapper dict or plain state dict).
+        fmt: one of :data:`FORMATS` (see :func:`detect_format`).
+        num_classes: the class count the caller expects; a checkpoint with
+            another count is an :class:`InputError` naming both.
+        aux: keep the auxiliary/DSN head (for fine-tuning); default drops it.
+        align_corners: override the source's default (mmseg 769x769 configs).
+        output_stride: DeepLabV3+ sources only; default 16, as released.
+
+    Returns:
+        ``(card, state_dict)``; the state dict loads strictly into
+        ``build_model(card.architecture, backbone=card.backbone,
+        num_classes=card.num_classes, align_corners=card.align_corners, **card.arch)``.
+    """
+    if fmt not in _CONVERTERS:
+        raise InputError(f"unknown checkpoint format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
+    if output_stride is not None and int(output_stride) not in (8, 16):
+        raise InputError(f"output_stride must be 8 or 16, got {output_stride}")
+    if output_stride is not None and fmt in ("ccnet-official", "mmseg"):
+        raise InputError(f"{fmt} checkpoints are output stride 8; drop --output-stride")
+    if num_classes is not None and int(num_classes) < 1:
+        raise InputError(f"--num-classes must be >= 1, got {num_classes}")
+    if isinstance(obj, dict) and obj.get("vidseg_checkpoint"):
+        raise InputError("this is already a vidseg checkpoint; use it directly with --weights")
+    state, meta = _unwrap(obj)
+    if state is None:
+        raise InputError("the weights file holds no state dict of tensors; give a model checkpoint")
+    seen = detect_format(obj)
+    if seen is not None and seen != fmt:
+        raise InputError(f"this looks like a {seen} checkpoint, not {fmt}; use --format {seen} or --format auto")
+    state = _dedupe(state)
+    card, out = _CONVERTERS[fmt](state, meta, num_classes, aux, align_corners=align_corners,
+                                 output_stride=output_stride)
+    if align_corners is not None and fmt != "mmseg":
+        card = replace(card, align_corners=bool(align_corners))
+    return card, _finish(card, out)
+
+
+def detect_and_convert(obj: Any, cfg) -> tuple[ModelCard, dict] | None:
+    """Hook for ``--weights FILE`` (see :func:`vidseg.stages.infer.resolve_card`).
+
+    None when ``obj`` is no known public format (it is then loaded as a plain
+    state dict); otherwise the converted card and state, honouring
+    ``cfg.num_classes`` (a contradiction is an InputError naming both numbers).
+    """
+    fmt = detect_format(obj)
+    if fmt is None:
+        return None
+    if getattr(cfg, "width_mult", None) not in (None, 1, 1.0):
+        raise InputError(f"--width-mult applies to randomly initialised models; {fmt} checkpoints are full width - drop it")
+    card, state = convert(obj, fmt, num_classes=getattr(cfg, "num_classes", None))
+    clashes = [f"{k}={v!r} (card: {card.arch[k]!r})" for k, v in dict(getattr(cfg, "arch", ()) or ()).items()
+               if k in card.arch and card.arch[k] != v]
+    if clashes:
+        raise InputError(f"flags contradict the {fmt} checkpoint: {', '.join(clashes)}; drop them, the checkpoint decides")
+    if getattr(cfg, "weights", None):
+        card = replace(card, name=Path(cfg.weights).stem, description=f"{card.description}; from {cfg.weights}")
+    return card, state
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def import_checkpoint(
+    src: str,
+    dst: str,
+    fmt: str = "auto",
+    *,
+    num_classes: int | None = None,
+    aux: bool = False,
+    align_corners: bool | None = None,
+    output_stride: int | None = None,
+) -> ModelCard:
+    """Convert public checkpoint ``src`` into a vidseg checkpoint ``dst`` (written atomically).
+
+    Returns the card, with ``weights`` and ``sha256`` of ``dst`` filled in.
+    """
+    from .nets import build_model
+
+    if fmt != "auto" and fmt not in FORMATS:
+        raise InputError(f"unknown checkpoint format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
+    out = Path(dst)
+    if out.is_dir():
+        raise InputError(f"output {dst} is a directory; give a file name such as {out / 'model.pt'}")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    if Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+        raise InputError("output and input are the same file; give another -o path")
+    obj = read_checkpoint(src)
+    if isinstance(obj, dict) and obj.get("vidseg_checkpoint"):
+        raise InputError(f"{src} is already a vidseg checkpoint; use it directly with --weights")
+    if _unwrap(obj)[0] is None:
+        raise InputError(f"{src} holds no state dict of tensors; give a model checkpoint")
+    if fmt == "auto":
+        fmt = detect_format(obj)
+        if fmt is None:
+            raise InputError(
+                f"{src} is not a checkpoint layout vidseg recognises (supported: {', '.join(SUPPORTED_FORMATS)}); "
+                f"if you know its source, give --format {{{','.join(FORMATS)}}}"
+            )
+    card, state = convert(obj, fmt, num_classes=num_classes, aux=aux, align_corners=align_corners,
+                          output_stride=output_stride)
+    del obj
+    card = replace(card, name=out.stem or card.name)
+    try:
+        model = build_model(card.architecture, backbone=card.backbone, num_classes=card.num_classes,
+                            align_corners=card.align_corners, **card.arch)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    load_state_strict(model, state, what=f"{card.architecture}/{card.backbone} with {card.num_classes} classes")
+    del state
+    try:
+        sha = save_checkpoint(out, model.eval(), card)
+    except OSError as e:
+        raise InputError(f"cannot write {dst} ({e.strerror or e}); check the -o path") from None
+    return replace(card, weights=str(out), sha256=sha)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def card_summary(card: ModelCard) -> str:
+    """A few lines describing ``card`` for humans."""
+    pp = card.preprocess
+    scale = "1/255" if abs(pp.scale - 1 / 255) < 1e-12 else f"{pp.scale:g}"
+    names = ", ".join(card.class_names[:6]) + (", ..." if card.num_classes > 6 else "")
+    arch = ", ".join(f"{k}={v}" for k, v in sorted(card.arch.items())) or "defaults"
+    lines = [
+        f"{card.weights or card.name}: {card.architecture}/{card.backbone}, {card.num_classes} classes ({names})",
+        f"  arch: {arch}; align_corners={card.align_corners}; input size {card.input_size}",
+        f"  preprocess: {pp.channel_order}, x*{scale}, mean {tuple(round(m, 4) for m in pp.mean)}, "
+        f"std {tuple(round(s, 4) for s in pp.std)}",
+        f"  {card.description}",
+    ]
+    if card.sha256:
+        lines.append(f"  sha256 {card.sha256}")
+    return "\n".join(lines)
+
+
+class _Group(click.Group):
+    """Turns a VidsegError into one line and its exit code, also when used on its own."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VidsegError as e:
+            click.echo(f"vidseg: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+weights_group = _Group(
+    "weights",
+    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF and bubbliiiing DeepLabV3+) into vidseg's format.",
+)
+
+
+@weights_group.command("import")
+@click.argument("src")
+@click.option("--output", "-o", "dst", required=True, help="vidseg checkpoint to write (card included).")
+@click.option("--format", "fmt", type=click.Choice(("auto",) + FORMATS), default="auto", show_default=True,
+              help="The checkpoint's source; auto recognises it from its keys.")
+@click.option("--num-classes", type=click.IntRange(1, 256), default=None,
+              help="Classes you expect; an error if the checkpoint has another count.")
+@click.option("--align-corners/--no-align-corners", default=None,
+              help="Override the source's upsampling default (e.g. mmseg 769x769 configs: --align-corners).")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), default=None,
+              help="DeepLabV3+ sources: the stride the checkpoint was trained at. [default: 16]")
+@click.option("--keep-aux", is_flag=True, help="Keep the auxiliary (DSN) head, for fine-tuning.")
+def import_command(src: str, dst: str, fmt: str, num_classes: int | None, align_corners: bool | None,
+                   output_stride: str | None, keep_aux: bool) -> None:
+    """Convert public checkpoint SRC into a vidseg checkpoint and print its card."""
+    card = import_checkpoint(src, dst, fmt, num_classes=num_classes, aux=keep_aux, align_corners=align_corners,
+                             output_stride=int(output_stride) if output_stride else None)
+    click.echo(card_summary(card))
