@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from typing import Any, Callable
@@ -44,6 +43,7 @@ model_options = _opts(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision. [default: fp16 on CUDA, fp32 on CPU]"),
     click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True, help="Channel width multiplier for random-init models (tests, quick trials)."),
+    click.option("--arch", multiple=True, metavar="KEY=VALUE", help="Extra builder argument for a model without a card (e.g. output_stride=8)."),
 )
 
 flow_options = _opts(
@@ -51,11 +51,19 @@ flow_options = _opts(
     click.option("--credits", type=click.IntRange(1, 256), default=FlowConfig.credits, show_default=True, help="Frames one worker may hold at once."),
     click.option("--peer-timeout", type=click.FloatRange(0.5, 3600), default=FlowConfig.peer_timeout, show_default=True, help="Seconds of silence before a peer is presumed gone."),
     click.option("--connect-timeout", type=click.FloatRange(0.5, 3600), default=FlowConfig.connect_timeout, show_default=True, help="Seconds to wait for peers to connect."),
+    click.option("--worker-timeout", type=click.FloatRange(0.2, 3600), default=FlowConfig.worker_timeout, show_default=True, help="Seconds of missed heartbeats before a worker's frames go to others."),
+    click.option("--no-worker-grace", type=click.FloatRange(0.0, 3600), default=FlowConfig.no_worker_grace, show_default=True, help="Seconds a pipeline with work left waits for a worker before failing."),
+    click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=FlowConfig.heartbeat, show_default=True, help="Seconds between heartbeats."),
+)
+
+batch_options = _opts(
+    click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True, help="Frames per forward pass (batched across streams)."),
+    click.option("--max-wait", type=click.FloatRange(0.0, 10.0), default=0.005, show_default=True, help="Seconds a worker waits to fill a batch."),
 )
 
 output_options = _opts(
-    click.option("--output", "-o", default=None, help="Annotated H.264 MP4 to write."),
-    click.option("--masks", default=None, help="A new folder for the class-id masks, one PNG per frame."),
+    click.option("--output", "-o", multiple=True, help="Annotated H.264 MP4 to write: one per --source, or a template like out-{name}.mp4."),
+    click.option("--masks", multiple=True, help="A new folder for the class-id masks, one PNG per frame (one per --source, or a {name} template)."),
     click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=OutputConfig.alpha, show_default=True, help="Overlay opacity."),
     click.option("--crf", type=click.IntRange(0, 51), default=OutputConfig.crf, show_default=True, help="x264 quality (lower is better)."),
     click.option("--preset", default=OutputConfig.preset, show_default=True, help="x264 speed preset (ultrafast … veryslow)."),
@@ -63,29 +71,40 @@ output_options = _opts(
 )
 
 
+def _parse_arch(items) -> tuple[tuple[str, Any], ...]:
+    import ast
+
+    out = []
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--arch {item!r} is not KEY=VALUE; e.g. --arch output_stride=8")
+        try:
+            out.append((key, ast.literal_eval(value)))
+        except (ValueError, SyntaxError):
+            out.append((key, value))
+    return tuple(out)
+
+
 def _model_cfg(kw: dict) -> ModelConfig:
-    return ModelConfig(**{k: kw.get(k) for k in ("model", "backbone", "weights", "num_classes", "input_size", "precision", "width_mult")}, device=kw.get("device") or "auto")
+    names = ("model", "backbone", "weights", "num_classes", "input_size", "precision", "width_mult")
+    return ModelConfig(**{k: kw.get(k) for k in names}, device=kw.get("device") or "auto", arch=_parse_arch(kw.get("arch")))
+
+
+_FLOW = ("window", "credits", "heartbeat", "worker_timeout", "peer_timeout", "connect_timeout", "no_worker_grace")
 
 
 def _flow_cfg(kw: dict) -> FlowConfig:
-    return FlowConfig(window=kw["window"], credits=kw["credits"], peer_timeout=kw["peer_timeout"], connect_timeout=kw["connect_timeout"])
+    return FlowConfig(**{k: kw[k] for k in _FLOW if kw.get(k) is not None})
 
 
 def _output_cfg(kw: dict) -> OutputConfig:
-    return OutputConfig(output=kw.get("output"), masks=kw.get("masks"), alpha=kw["alpha"], crf=kw["crf"], preset=kw["preset"])
+    return OutputConfig(output=tuple(kw.get("output") or ()), masks=tuple(kw.get("masks") or ()), alpha=kw["alpha"], crf=kw["crf"], preset=kw["preset"])
 
 
 def _setup_logging(role: str, verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format=f"[{role}] %(message)s", stream=sys.stderr, force=True)
-
-
-def _sigterm_exits() -> None:
-    # SIGTERM unwinds like Ctrl-C so `finally` blocks finalise outputs.
-    def handler(signum, frame):  # noqa: ARG001
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 class VidsegGroup(click.Group):
@@ -109,8 +128,13 @@ def _load_config(ctx: click.Context, _param, value: str | None):
             data = load_config_file(value)
         except VidsegError as e:
             raise click.BadParameter(str(e)) from None
-        known = {p.name for p in ctx.command.params if p.expose_value}
-        unknown = sorted(set(data) - known)
+        params = {p.name: p for p in ctx.command.params if p.expose_value}
+        if "source" in data and "sources" in params:  # the flag is --source, repeatable
+            data["sources"] = data.pop("source")
+        for k, v in list(data.items()):
+            if k in params and getattr(params[k], "multiple", False) and isinstance(v, str):
+                data[k] = [v]
+        unknown = sorted(set(data) - set(params))
         if unknown:
             raise click.BadParameter(
                 f"{value}: {', '.join(unknown)} {'is not a flag' if len(unknown) == 1 else 'are not flags'} of "
@@ -139,25 +163,27 @@ def cli() -> None:
 # -- stages -------------------------------------------------------------------
 @cli.command()
 @config_option
-@click.option("--source", "-s", required=True, help="Video file or camN.")
+@click.option("--source", "-s", "sources", multiple=True, required=True, help="Video file, camN, rtsp/http(s) URL, image folder or glob; repeat for several streams.")
 @click.option("--bind", "endpoint", default="tcp://127.0.0.1:5555", show_default=True, help="Endpoint workers and the sink connect to.")
-@click.option("--mode", type=click.Choice(MODES), default=None, help="lossless: every frame; live: drop stale frames. [default: live for cameras]")
+@click.option("--mode", type=click.Choice(MODES), default=None, help="lossless: every frame; live: drop stale frames. [default: live for cameras and URLs]")
+@click.option("--fps", type=click.FloatRange(0.1, 1000), default=None, help="Frame rate of an image folder. [default: 25]")
 @flow_options
 @log_options
-def source(source: str, endpoint: str, mode: str | None, verbose: int, quiet: bool, **kw) -> None:
-    """Decode a source and dispatch its frames to workers."""
+def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float | None, verbose: int, quiet: bool, **kw) -> None:
+    """Decode sources and dispatch their frames to workers."""
     from .stages.source import SourceStage
 
     _setup_logging("source", verbose, quiet)
-    _sigterm_exits()
-    stage = SourceStage(_resolve_source(source), endpoint=endpoint, flow=_flow_cfg(kw), mode=mode)
+    stage = SourceStage([_resolve_source(s) for s in sources], endpoint=endpoint, flow=_flow_cfg(kw), mode=mode, fps=fps)
+    stage.install_signal_handlers()
     try:
         res = stage.run()
     finally:
         stage.close()
-    logging.getLogger("vidseg.source").info(
-        "done: %d frames sent, %d lost to decoding, %d dropped, %d re-dispatched", res.frames, res.lost, res.dropped, res.redispatched
-    )
+    log = logging.getLogger("vidseg.source")
+    for sid, n in res.frames.items():
+        log.info("stream %d done: %d frames sent, %d lost to decoding, %d dropped (live)", sid, n, res.lost[sid], res.dropped[sid])
+    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped", res.redispatched, res.malformed)
 
 
 @cli.command()
@@ -166,15 +192,15 @@ def source(source: str, endpoint: str, mode: str | None, verbose: int, quiet: bo
 @model_options
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for inference. [default: torch's]")
 @click.option("--persist", is_flag=True, help="Keep serving after the source ends (wait for the next one).")
+@batch_options
 @flow_options
 @log_options
-def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quiet: bool, **kw) -> None:
+def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wait: float, verbose: int, quiet: bool, **kw) -> None:
     """Run a model on frames from a source; return class masks."""
     from .stages.infer import Segmenter, load_model
     from .stages.worker import WorkerStage
 
     _setup_logging("worker", verbose, quiet)
-    _sigterm_exits()
     if threads:
         import torch
 
@@ -184,7 +210,8 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size)
     log = logging.getLogger("vidseg.worker")
     log.info("%s on %s (%s), input %d", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.input_size)
-    stage = WorkerStage(seg, endpoint=endpoint, flow=_flow_cfg(kw), persist=persist)
+    stage = WorkerStage(seg, endpoint=endpoint, flow=_flow_cfg(kw), persist=persist, batch=batch, max_wait=max_wait)
+    stage.install_signal_handlers()
     try:
         res = stage.run()
     finally:
@@ -203,89 +230,105 @@ def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -
     from .stages.sink import SinkStage
 
     _setup_logging("sink", verbose, quiet)
-    _sigterm_exits()
     out = _output_cfg(kw)
     stage = SinkStage(endpoint=endpoint, out=out, flow=_flow_cfg(kw), preview=bool(preview if preview is not None else not (out.output or out.masks)))
+    stage.install_signal_handlers()
     try:
         res = stage.run()
     finally:
         stage.close()
-    logging.getLogger("vidseg.sink").info(
-        "done: %d frames in %.1f s (%.1f frames/s) -> %s", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), res.output
-    )
+    log = logging.getLogger("vidseg.sink")
+    for sid, r in res.streams.items():
+        lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
+        drops = f", {r.dropped} stale frame(s) dropped (live)" if r.dropped else ""
+        log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
+    log.info("%d frames in %.1f s (%.1f frames/s)", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9))
     if res.lost:
+        where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(
             f"{res.lost} frame(s) of the source could not be decoded (truncated or damaged file); "
-            f"the {res.frames} that could are in {res.output}"
+            f"the {res.frames} that could are in {where}"
         )
 
 
 # -- run: the three stages as supervised processes -----------------------------
 @cli.command()
 @config_option
-@click.option("--source", "-s", default=DEMO, show_default=True, help="Video file, camN, or 'demo' (the bundled clip).")
-@click.option("--mode", type=click.Choice(MODES), default=None, help="lossless or live. [default: live for cameras, else lossless]")
+@click.option("--source", "-s", "sources", multiple=True, help="Video file, camN, rtsp/http(s) URL, image folder/glob, or 'demo'; repeat for several streams. [default: demo]")
+@click.option("--mode", type=click.Choice(MODES), default=None, help="lossless or live. [default: live for cameras and URLs, else lossless]")
+@click.option("--fps", type=click.FloatRange(0.1, 1000), default=None, help="Frame rate of an image folder. [default: 25]")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Inference worker processes.")
+@click.option("--devices", default=None, help="Comma-separated devices the workers take in turn, e.g. cuda:0,cuda:1. [default: --device]")
 @model_options
+@batch_options
 @output_options
 @flow_options
 @click.option("--print-config", is_flag=True, help="Print the settings after defaults < --config < flags, and exit.")
 @log_options
-def run(source: str, mode: str | None, workers: int, preview: bool | None, print_config: bool, verbose: int, quiet: bool, **kw) -> None:
+def run(sources: tuple[str, ...], mode: str | None, workers: int, devices: str | None, preview: bool | None, print_config: bool, verbose: int, quiet: bool, **kw) -> None:
     """Run source, worker(s) and sink as separate processes on private ipc:// endpoints."""
     from .media import check_output_path, open_source
     from .stages.infer import resolve_card, resolve_device
-    from .stages.sink import check_masks_dir
+    from .stages.sink import check_masks_dir, output_for
 
+    sources = tuple(sources) or (DEMO,)
     if print_config:
-        settings = {"source": source, "mode": mode, "workers": workers, **kw}
+        settings = {"source": list(sources), "mode": mode, "workers": workers, "devices": devices, **kw}
         for k, v in settings.items():
-            if v is not None:
+            if v is not None and v != ():
+                v = list(v) if isinstance(v, tuple) else v
                 click.echo(f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
         return
     _setup_logging("run", verbose, quiet)
-    src = _resolve_source(source)
+    srcs = [_resolve_source(s) for s in sources]
+    if sources == (DEMO,) and not kw.get("output") and not kw.get("masks"):
+        kw["output"] = ("vidseg-demo.mp4",)
     out = _output_cfg(kw)
-    if source == DEMO and not out.output:
-        out = dataclasses.replace(out, output="vidseg-demo.mp4")
-        kw["output"] = out.output
     # Validate everything a user can get wrong here, before any process starts.
-    if out.output:
-        check_output_path(out.output)
-    if out.masks:
-        check_masks_dir(out.masks)
+    for outs, check in ((out.output, check_output_path), (out.masks, check_masks_dir)):
+        if outs and len(outs) not in (1, len(srcs)):
+            raise InputError(f"{len(srcs)} sources but {len(outs)} outputs; give one per --source or a template like out-{{name}}.mp4")
+        for i, s in enumerate(srcs):
+            path = output_for(list(outs), i, s, len(srcs)) if outs else None
+            if path:
+                check(path)
     show = bool(preview if preview is not None else not (out.output or out.masks))
     if not (out.output or out.masks or show):
         raise InputError("nothing to write: give --output FILE.mp4, --masks DIR or --preview")
-    reader = open_source(src)
-    reader.close()
+    for s in srcs:
+        open_source(s, fps=kw.get("fps")).close()
     mcfg = _model_cfg(kw)
     card, _ = resolve_card(mcfg)
-    resolve_device(mcfg.device, mcfg.precision)
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [mcfg.device]
+    for d in device_list:
+        resolve_device(d, mcfg.precision)
+    logging.getLogger("vidseg.run").info(
+        "%s -> %s with %s, %d worker(s) on %s", ", ".join(srcs), ", ".join(out.output or out.masks) or "preview", card.name, workers, ",".join(device_list)
+    )
+    _launch(srcs, mode=mode, workers=workers, devices=device_list, kw=kw, show=show, verbose=verbose, quiet=quiet)
+    for o in out.output:
+        if "{" not in o:
+            click.echo(o)
 
-    logging.getLogger("vidseg.run").info("%s -> %s with %s, %d worker(s)", src, out.output or out.masks or "preview", card.name, workers)
-    _launch(src, mode=mode, workers=workers, kw=kw, show=show, verbose=verbose, quiet=quiet)
-    if out.output:
-        click.echo(out.output)
 
-
-def _launch(src: str, *, mode: str | None, workers: int, kw: dict, show: bool, verbose: int, quiet: bool) -> None:
+def _launch(srcs: list[str], *, mode: str | None, workers: int, devices: list[str], kw: dict, show: bool, verbose: int, quiet: bool) -> None:
     """Start source, sink and workers as processes on a private ipc endpoint and supervise them."""
     from .supervise import Stage, supervise
 
     tmp = tempfile.mkdtemp(prefix="vidseg-")  # private (0700): nobody else can reach the sockets
     endpoint = f"ipc://{tmp}/dispatch"
     base = [sys.executable, "-m", "vidseg"]
-    flow = _flag_args(kw, ("window", "credits", "peer_timeout", "connect_timeout"))
+    flow = _flag_args(kw, _FLOW)
     logv = ["-v"] * verbose + (["-q"] if quiet else [])
-    model_args = _flag_args(kw, ("model", "backbone", "weights", "num_classes", "input_size", "device", "precision", "width_mult"))
-    src_args = ["--source", src, "--bind", endpoint] + (["--mode", mode] if mode else [])
+    model_args = _flag_args(kw, ("model", "backbone", "weights", "num_classes", "input_size", "precision", "width_mult", "arch", "batch", "max_wait"))
+    src_args = [a for s in srcs for a in ("--source", s)] + ["--bind", endpoint] + (["--mode", mode] if mode else []) + _flag_args(kw, ("fps",))
     sink_args = ["--connect", endpoint] + _flag_args(kw, ("output", "masks", "alpha", "crf", "preset")) + (["--preview"] if show else ["--no-preview"])
     threads = max(1, (os.cpu_count() or 1) // workers)
     stages = [Stage("source", base + ["source"] + src_args + flow + logv), Stage("sink", base + ["sink"] + sink_args + flow + logv)]
-    stages += [
-        Stage("worker", base + ["worker", "--connect", endpoint, "--threads", str(threads)] + model_args + flow + logv) for _ in range(workers)
-    ]
+    for i in range(workers):
+        dev = devices[i % len(devices)]  # round-robin: several workers per device allowed
+        t = ["--threads", str(threads)] if dev in ("cpu", "auto") else []
+        stages.append(Stage("worker", base + ["worker", "--connect", endpoint, "--device", dev] + t + model_args + flow + logv))
     try:
         supervise(stages)
     finally:
@@ -293,11 +336,14 @@ def _launch(src: str, *, mode: str | None, workers: int, kw: dict, show: bool, v
 
 
 def _flag_args(kw: dict, names: tuple[str, ...]) -> list[str]:
+    """Turn settings back into flags for a stage's command line (lists repeat the flag)."""
     args: list[str] = []
     for n in names:
         v = kw.get(n)
-        if v is not None:
-            args += ["--" + n.replace("_", "-"), str(v)]
+        if v is None:
+            continue
+        for item in v if isinstance(v, (list, tuple)) else (v,):
+            args += ["--" + n.replace("_", "-"), str(item)]
     return args
 
 
@@ -318,6 +364,7 @@ def _resolve_source(source: str) -> str:
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
 @click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Ground-truth id to ignore.")
 @model_options
+@batch_options
 @flow_options
 @log_options
 def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore_index: int, verbose: int, quiet: bool, **kw) -> None:
@@ -344,7 +391,7 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
         preds = {}
         for name, precision in runs.items():
             preds[name] = os.path.join(d, name)
-            _launch(src, mode="lossless", workers=workers, kw={**kw, "precision": precision, "masks": preds[name], "output": None}, show=False, verbose=verbose, quiet=True)
+            _launch([src], mode="lossless", workers=workers, devices=[mcfg.device], kw={**kw, "precision": precision, "masks": (preds[name],), "output": ()}, show=False, verbose=verbose, quiet=True)
         report = evaluate_dirs(preds["main"], gt, card.class_names, ignore_index=ignore_index, fp32_dir=preds.get("fp32"))
     report.update(model=card.name, source=source, precision=runs["main"])
     click.echo(report.pop("table"))
@@ -394,6 +441,15 @@ def models() -> None:
         click.echo("\nzoo (use --model NAME):")
         for name, (card, _) in sorted(cards.items()):
             click.echo(f"  {name:<28} {card.architecture}/{card.backbone}, {card.num_classes} classes — {card.description}")
+
+
+def _register_weights() -> None:
+    from .weights import weights_group
+
+    cli.add_command(weights_group)
+
+
+_register_weights()
 
 
 def main() -> None:

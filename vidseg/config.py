@@ -19,7 +19,7 @@ MODES = ("lossless", "live")
 class ModelConfig:
     """What the worker runs."""
 
-    model: str = "deeplabv3plus"
+    model: str | None = None  # None: a checkpoint's card decides, else deeplabv3plus
     backbone: str | None = None
     weights: str | None = None
     num_classes: int | None = None
@@ -27,6 +27,7 @@ class ModelConfig:
     device: str = "auto"
     precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     width_mult: float | None = None
+    arch: tuple[tuple[str, Any], ...] = ()  # extra builder kwargs for a model without a card
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,19 @@ class FlowConfig:
 
     window: int = 16  # frames between dispatch and written, per stream
     credits: int = 2  # frames a worker may hold at once
-    heartbeat: float = 1.0  # seconds between heartbeats
-    peer_timeout: float = 30.0  # silence after which a peer is presumed gone
+    heartbeat: float = 0.5  # seconds between heartbeats
+    worker_timeout: float = 3.0  # missed heartbeats after which a worker's frames go elsewhere
+    peer_timeout: float = 30.0  # silence after which the source or sink is presumed gone
     connect_timeout: float = 60.0  # how long the source waits for its sink and a worker
+    no_worker_grace: float = 30.0  # how long a pipeline with work left waits for a worker to (re)join
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """How the sink composites and encodes."""
 
-    output: str | None = None
-    masks: str | None = None  # a folder for the class-id masks as PNG (000000.png, ...)
+    output: tuple[str, ...] = ()  # one per stream, or one template with {stream}/{name}
+    masks: tuple[str, ...] = ()  # folders for the class-id masks as PNG (000000.png, ...)
     alpha: float = 0.5
     crf: int = 20
     preset: str = "veryfast"

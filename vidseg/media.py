@@ -181,10 +181,142 @@ class CameraReader(FrameReader):
         self._cap.release()
 
 
-def open_source(uri: str) -> FrameReader:
-    """Open a source: a video file path or ``camN``."""
+class ImageFolderReader(FrameReader):
+    """A folder of images, or a glob, played in name order at ``fps``."""
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+    def __init__(self, spec: str, *, fps: float = 25.0):
+        import glob
+
+        import cv2
+
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in self.EXTENSIONS)
+        else:
+            files = sorted(Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in self.EXTENSIONS)
+        if not files:
+            raise InputError(f"no images found in {spec}; give a folder or a glob of {'/'.join(e[1:] for e in self.EXTENSIONS[:3])} files")
+        self.files = files
+        first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+        if first is None:
+            raise InputError(f"{files[0]} is not a readable image; remove it or fix the glob")
+        self.height, self.width = first.shape[:2]
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.expected = len(files)
+        self.path = spec
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        import cv2
+
+        for i, f in enumerate(self.files):
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is None:
+                log.warning("skipping unreadable image %s", f)
+                continue
+            if img.shape[:2] != (self.height, self.width):
+                img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            self.decoded += 1
+            yield img, i / float(self.fps)
+
+
+class StreamReader(FrameReader):
+    """A network stream (rtsp://, http(s):// incl. MJPEG) read with PyAV, reconnecting on loss.
+
+    Every read has a timeout, so a silent camera never hangs the pipeline; a
+    dropped stream is reopened with exponential backoff (and said so); frames
+    of a different size after a reconnect are resized to the first size.
+    """
+
+    live = True
+
+    def __init__(self, url: str, *, timeout: float = 5.0, retry_for: float = 30.0):
+        self.url, self.timeout, self.retry_for = url, timeout, retry_for
+        self.reconnects = 0
+        self.expected = None
+        try:
+            self._c, self._v = self._open()
+            self._first = next(self._c.decode(self._v))
+        except Exception as e:  # noqa: BLE001 - any failure to open is the same user error
+            raise InputError(f"stream {url} could not be opened ({_short(e)}); check the URL and that the server is up") from None
+        self.width, self.height = self._first.width, self._first.height
+        rate = self._v.average_rate or self._v.guessed_rate
+        self.fps = Fraction(rate).limit_denominator(1001) if rate and 1 <= float(rate) <= 240 else Fraction(25)
+
+    def _open(self):
+        import av
+
+        us = str(int(self.timeout * 1e6))
+        opts = {"rw_timeout": us, "timeout": us} if not self.url.startswith("rtsp") else {"stimeout": us, "timeout": us, "rtsp_transport": "tcp"}
+        c = av.open(self.url, "r", options=opts, timeout=self.timeout)
+        if not c.streams.video:
+            c.close()
+            raise InputError(f"stream {self.url} has no video; check the URL")
+        v = c.streams.video[0]
+        return c, v
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        import cv2
+
+        t0 = time.monotonic()
+        first = self._first
+        while True:
+            try:
+                for frame in _chain(first, self._c.decode(self._v)):
+                    img = frame.to_ndarray(format="bgr24")
+                    if img.shape[:2] != (self.height, self.width):
+                        img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+                    self.decoded += 1
+                    yield img, time.monotonic() - t0
+                why = "ended"
+            except Exception as e:  # noqa: BLE001 - network errors come in many types
+                why = _short(e)
+            first = None
+            self._close()
+            if not self._reconnect(why):
+                return
+
+    def _reconnect(self, why: str) -> bool:
+        delay, deadline = 0.25, time.monotonic() + self.retry_for
+        log.warning("stream %s dropped (%s); reconnecting", self.url, why)
+        while time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            try:
+                self._c, self._v = self._open()
+            except Exception as e:  # noqa: BLE001
+                log.warning("stream %s: reconnect failed (%s); next try in %.1f s", self.url, _short(e), min(delay * 2, 8.0))
+                delay = min(delay * 2, 8.0)
+                continue
+            self.reconnects += 1
+            log.warning("stream %s: reconnected (%d so far)", self.url, self.reconnects)
+            return True
+        log.warning("stream %s: gave up reconnecting after %.0f s; ending the stream", self.url, self.retry_for)
+        return False
+
+    def _close(self) -> None:
+        try:
+            self._c.close()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
+
+    def close(self) -> None:
+        self._close()
+
+
+def is_stream_url(uri: str) -> bool:
+    return uri.startswith(("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://"))
+
+
+def open_source(uri: str, *, fps: float | None = None) -> FrameReader:
+    """Open a source: a video file, ``camN``, a stream URL, an image folder or glob."""
     if is_camera(uri):
         return CameraReader(uri)
+    if is_stream_url(uri):
+        return StreamReader(uri)
+    p = Path(uri)
+    if p.is_dir() or any(ch in uri for ch in "*?["):
+        return ImageFolderReader(uri, fps=fps or 25.0)
     return FileReader(uri)
 
 

@@ -1,10 +1,12 @@
 """Start pipeline stages as OS processes and watch them until all end or one fails."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,12 +24,34 @@ class Stage:
     proc: subprocess.Popen | None = None
 
 
-def _terminate(stages: list[Stage], grace: float = 5.0) -> None:
-    live = [s for s in stages if s.proc is not None and s.proc.poll() is None]
-    for s in live:
-        s.proc.send_signal(signal.SIGTERM)
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the supervisor dies (even by SIGKILL), the kernel
+    # sends this stage SIGTERM, so no orphan is left behind. Linux only; harmless elsewhere.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _signal(stages: list[Stage], sig: int, roles: tuple[str, ...] | None = None) -> None:
+    for s in stages:
+        if s.proc is not None and s.proc.poll() is None and (roles is None or s.role in roles):
+            try:
+                s.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+
+def _terminate(stages: list[Stage], grace: float = 10.0) -> None:
+    """Abort every stage: two SIGTERMs (drain, then abort with outputs finalised), SIGKILL last."""
+    _signal(stages, signal.SIGTERM)
+    time.sleep(0.1)
+    _signal(stages, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for s in live:
+    for s in stages:
+        if s.proc is None:
+            continue
         try:
             s.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -35,16 +59,30 @@ def _terminate(stages: list[Stage], grace: float = 5.0) -> None:
             s.proc.wait(timeout=5)
 
 
-def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.1) -> None:
+def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.05) -> None:
     """Run every stage; return when all exit 0, raise StageError when one fails.
 
-    A stage that fails stops the others (SIGTERM, then SIGKILL after a grace
-    period) so no orphan process is left behind.
+    Stages run in their own session so a terminal's Ctrl-C reaches only this
+    supervisor, which turns the first SIGINT/SIGTERM into a drain (the source
+    stops reading, every frame in flight is finished and outputs are closed
+    validly) and the second into an abort. A stage that fails stops the
+    others, so no orphan process is left behind.
     """
     env = {**os.environ, **(env or {})}
+    interrupts = {"n": 0}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        interrupts["n"] += 1
+        if interrupts["n"] == 1:
+            log.warning("draining: finishing the frames in flight (Ctrl-C again to abort)")
+            _signal(stages, signal.SIGTERM, roles=("source",))
+        else:
+            raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for s in stages:
-            s.proc = subprocess.Popen(s.argv, env=env)
+            s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
         while True:
             running = 0
@@ -64,6 +102,9 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.1
     except BaseException:
         _terminate(stages)
         raise
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class _Reported(StageError):

@@ -46,7 +46,20 @@ def send(sock: zmq.Socket, parts: list, *, identity: bytes | None = None) -> Non
     """Send without copying the pixel buffer."""
     if identity is not None:
         parts = [identity, *parts]
-    sock.send_multipart(parts, copy=False)
+    try:
+        sock.send_multipart(parts, copy=False)
+    except zmq.ZMQError as e:
+        if e.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: that peer has disconnected
+            raise PeerGone(identity) from None
+        raise
+
+
+class PeerGone(TransportError):
+    """A routed send found its peer disconnected."""
+
+    def __init__(self, identity: bytes | None):
+        super().__init__(f"peer {identity.hex()[:8] if identity else '?'} has disconnected")
+        self.identity = identity
 
 
 def send_msg(sock: zmq.Socket, kind: str, array=None, *, identity: bytes | None = None, **fields) -> None:
@@ -61,3 +74,21 @@ def recv(sock: zmq.Socket, *, routed: bool = False) -> tuple[bytes | None, Messa
         ident = parts[0].bytes
         parts = parts[1:]
     return ident, unpack(parts)
+
+
+def install_drain_handlers(log, role: str, on_first=None) -> None:
+    """First SIGINT/SIGTERM: drain (``on_first`` if given), a second: abort via KeyboardInterrupt."""
+    import signal
+
+    state = {"n": 0}
+
+    def handler(signum, frame):  # noqa: ARG001
+        state["n"] += 1
+        if state["n"] > 1:
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the frames in flight (signal again to abort)", role)
+        if on_first is not None:
+            on_first()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

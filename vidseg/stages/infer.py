@@ -71,7 +71,10 @@ def resolve_card(cfg: ModelConfig) -> tuple[ModelCard, dict | None]:
 
 
 def _arch(cfg: ModelConfig) -> dict:
-    return {"width_mult": cfg.width_mult} if cfg.width_mult else {}
+    arch = dict(cfg.arch)
+    if cfg.width_mult:
+        arch["width_mult"] = cfg.width_mult
+    return arch
 
 
 def _spec_or_error(name: str):

@@ -24,20 +24,53 @@ from ..composite import Compositor, make_palette
 from ..config import FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError, WireError
 from ..media import VideoWriter, check_output_path
-from ..transport import connect, recv, send_msg
+from ..transport import connect, install_drain_handlers, recv, send_msg
 
 log = logging.getLogger("vidseg.sink")
 
 
 @dataclass
-class SinkResult:
+class StreamResult:
     frames: int
     expected: int
     lost: int
     dropped: int
     output: str | None
+    masks: str | None
+    error: str | None = None
+    latency_p50: float | None = None  # seconds from grab to written (live mode)
+    latency_p99: float | None = None
+
+
+@dataclass
+class SinkResult:
+    streams: dict[int, StreamResult]
     malformed: int
     seconds: float
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.streams.values())
+
+    @property
+    def lost(self) -> int:
+        return sum(s.lost for s in self.streams.values())
+
+
+def output_for(template: str | list[str] | None, stream: int, source: str, streams: int) -> str | None:
+    """Where stream ``stream`` goes: the i-th of several outputs, or a template with {stream}/{name}."""
+    if not template:
+        return None
+    if isinstance(template, (list, tuple)):
+        if len(template) == 1:
+            template = template[0]
+        else:
+            return template[stream]
+    if "{" in template:
+        return template.format(stream=stream, name=Path(source).stem or f"stream{stream}")
+    if streams > 1:
+        raise InputError("several sources need one --output each, or a template such as out-{name}.mp4")
+    return template
 
 
 class ReorderBuffer:
@@ -80,10 +113,11 @@ class SinkStage:
     """Connect to the source at ``endpoint`` and write the annotated stream."""
 
     def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(), preview: bool = False):
-        if out.output:
-            check_output_path(out.output)
-        if out.masks:
-            check_masks_dir(out.masks)
+        for path in _as_list(out.output):
+            check_output_path(path)
+        for path in _as_list(out.masks):
+            if "{" not in path:
+                check_masks_dir(path)
         if not (out.output or out.masks or preview):
             raise InputError("nothing to write: give --output FILE.mp4, --masks DIR, or --preview on a machine with a display")
         self.out = out
@@ -101,6 +135,10 @@ class SinkStage:
 
     def close(self) -> None:
         self.sock.close()
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM: keep going while the source drains; a second aborts (outputs still finalised)."""
+        install_drain_handlers(log, "sink")
 
     def _recv(self):
         try:
@@ -128,87 +166,166 @@ class SinkStage:
                 if msg is not None and msg.kind == "info":
                     return msg
 
+    def _open_stream(self, streams: dict, info) -> None:
+        sid = int(info["stream"])
+        if sid not in streams:  # a repeated info (source restart) must not reopen outputs
+            streams[sid] = _Out(info, self.out, self.flow, self._window)
+
     def run(self) -> SinkResult:
         flow = self.flow
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        info = self._wait_info(poller)
+        first = self._wait_info(poller)
         t_start = time.monotonic()
-        card = info.header.get("card") or {}
-        palette = np.asarray(card.get("palette") or make_palette(256).tolist(), np.uint8)
-        compose = Compositor(palette, self.out.alpha)
-        width, height = int(info["width"]), int(info["height"])
-        fps = Fraction(*info["fps"])
-        writer = None
-        if self.out.output:
-            writer = VideoWriter(
-                self.out.output, width=width, height=height, fps=fps, audio_from=info.header.get("audio"), crf=self.out.crf, preset=self.out.preset
-            )
-        window = self._window
-        masks = MaskWriter(self.out.masks) if self.out.masks else None
-        buf = ReorderBuffer(capacity=2 * flow.window + 4)
-        expected: int | None = None
-        lost = dropped = 0
+        streams: dict[int, _Out] = {}
         last_seen = last_hb = last_log = time.monotonic()
-        ok = False
         try:
-            while expected is None or buf.next < expected:
+            self._open_stream(streams, first)
+            while True:
+                total = int(first.header.get("streams", 1))
+                if len(streams) == total and all(o.done for o in streams.values()):
+                    break
                 if poller.poll(int(flow.heartbeat * 1000)):
                     while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         msg = self._recv()
                         last_seen = time.monotonic()
-                        if msg is None:
+                        if msg is None or msg.kind in ("hb", "stop"):
                             continue
-                        if msg.kind == "frame":
-                            buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
-                        elif msg.kind == "mask":
-                            buf.add_mask(int(msg["seq"]), msg.array)
-                        elif msg.kind == "eos":
-                            expected = int(msg["frames"])
-                            lost = int(msg.header.get("lost", 0))
-                            dropped = int(msg.header.get("dropped", 0))
-                        written_before = buf.next
-                        for _seq, frame, _pts, mask in buf.pop_ready():
-                            if mask.shape != frame.shape[:2]:
-                                raise StageError(f"a worker returned a {mask.shape} mask for a {frame.shape[:2]} frame")
-                            annotated = compose(frame, mask)
-                            if writer is not None:
-                                writer.write(annotated)
-                            if window is not None:
-                                window.show(annotated)
-                            if masks is not None:
-                                masks.write(_seq, mask)
-                        if buf.next != written_before:
-                            send_msg(self.sock, "ack", stream=int(info["stream"]), written=buf.next)
+                        if msg.kind == "info":
+                            self._open_stream(streams, msg)
+                            continue
+                        out = streams.get(int(msg.header.get("stream", -1)))
+                        if out is None:
+                            continue
+                        before = out.buf.next
+                        out.handle(msg)
+                        if out.buf.next != before:
+                            send_msg(self.sock, "ack", stream=out.sid, written=out.buf.next)
                 now = time.monotonic()
                 if now - last_hb >= flow.heartbeat:
                     send_msg(self.sock, "hb")
                     last_hb = now
                 if now - last_log >= 5.0:
                     last_log = now
-                    rate = buf.next / max(now - t_start, 1e-9)
-                    total = f"/{expected}" if expected is not None else (f"/~{info['frames']}" if info.header.get("frames") else "")
-                    log.info("written %d%s frames, %.1f frames/s", buf.next, total, rate)
+                    for o in streams.values():
+                        log.info("stream %d: %s", o.sid, o.progress(now - t_start))
                 if now - last_seen > flow.peer_timeout:
                     raise TransportError(
-                        f"the source stopped responding for {flow.peer_timeout:.0f} s after {buf.next} frames; check the source process"
+                        f"the source stopped responding for {flow.peer_timeout:.0f} s; check the source process"
                     )
-            ok = True
         finally:
-            if window is not None:
-                window.close()
-            if masks is not None:
-                masks.close(keep=ok or buf.next > 0)
-            output = None
-            if writer is not None:
-                if ok or buf.next > 0:
-                    output = str(writer.close())  # keep finished work valid and playable
-                    if not ok:
-                        log.warning("kept the %d frame(s) written so far in %s", buf.next, output)
-                else:
-                    writer.abort()
-        send_msg(self.sock, "ack", stream=int(info["stream"]), written=buf.next, final=True)
-        return SinkResult(buf.next, expected or 0, lost, dropped, output, self.malformed, time.monotonic() - t_start)
+            if self._window is not None:
+                self._window.close()
+            for o in streams.values():
+                o.finish()
+        for o in streams.values():
+            send_msg(self.sock, "ack", stream=o.sid, written=o.buf.next, final=True)
+        results = {sid: o.result() for sid, o in streams.items()}
+        errors = [r.error for r in results.values() if r.error]
+        if errors:
+            raise StageError(f"the source failed: {errors[0]}; finished frames were kept")
+        return SinkResult(results, self.malformed, time.monotonic() - t_start)
+
+
+class _Out:
+    """One stream's reorder buffer and outputs."""
+
+    def __init__(self, info, out: OutputConfig, flow: FlowConfig, window):
+        self.sid = int(info["stream"])
+        n_streams = int(info.header.get("streams", 1))
+        source = info.header.get("source", "")
+        card = info.header.get("card") or {}
+        palette = np.asarray(card.get("palette") or make_palette(256).tolist(), np.uint8)
+        self.compose = Compositor(palette, out.alpha)
+        self.fps = Fraction(*info["fps"])
+        self.announced = info.header.get("frames")
+        self.window = window
+        path = output_for(out.output, self.sid, source, n_streams)
+        mpath = output_for(out.masks, self.sid, source, n_streams)
+        self.writer = (
+            VideoWriter(path, width=int(info["width"]), height=int(info["height"]), fps=self.fps,
+                        audio_from=info.header.get("audio"), crf=out.crf, preset=out.preset)
+            if path else None
+        )
+        self.masks = MaskWriter(mpath) if mpath else None
+        self.buf = ReorderBuffer(capacity=2 * flow.window + 4)
+        self.expected: int | None = None
+        self.lost = self.dropped = 0
+        self.error: str | None = None
+        self.latencies: list[float] = []  # bounded: trimmed to the most recent
+        self._t_read: dict[int, float] = {}
+        self.output: str | None = None
+        self.masks_dir: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or (self.expected is not None and self.buf.next >= self.expected)
+
+    def handle(self, msg) -> None:
+        if msg.kind == "frame":
+            self.buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
+        elif msg.kind == "mask":
+            t_read = msg.header.get("t_read")
+            self.buf.add_mask(int(msg["seq"]), msg.array)
+            if t_read is not None:
+                self._t_read[int(msg["seq"])] = float(t_read)
+        elif msg.kind == "eos":
+            if int(msg["frames"]) < 0:
+                self.error = msg.header.get("error") or "the source stopped"
+                return
+            self.expected = int(msg["frames"])
+            self.lost = int(msg.header.get("lost", 0))
+            self.dropped = int(msg.header.get("dropped", 0))
+        for seq, frame, _pts, mask in self.buf.pop_ready():
+            if mask.shape != frame.shape[:2]:
+                raise StageError(f"a worker returned a {mask.shape} mask for a {frame.shape[:2]} frame")
+            annotated = self.compose(frame, mask)
+            if self.writer is not None:
+                self.writer.write(annotated)
+            if self.window is not None:
+                self.window.show(annotated)
+            if self.masks is not None:
+                self.masks.write(seq, mask)
+            t_read = self._t_read.pop(seq, None)
+            if t_read is not None:
+                self.latencies.append(time.time() - t_read)
+                if len(self.latencies) > 100_000:
+                    del self.latencies[:50_000]
+
+    def progress(self, seconds: float) -> str:
+        total = f"/{self.expected}" if self.expected is not None else (f"/~{self.announced}" if self.announced else "")
+        return f"written {self.buf.next}{total} frames, {self.buf.next / max(seconds, 1e-9):.1f} frames/s"
+
+    def finish(self) -> None:
+        """Finalise outputs: complete ones renamed; after a failure, what was written is kept valid."""
+        ok = self.done and self.error is None
+        keep = ok or self.buf.next > 0
+        if self.writer is not None:
+            if keep:
+                self.output = str(self.writer.close())
+                if not ok:
+                    log.warning("stream %d: kept the %d frame(s) written so far in %s", self.sid, self.buf.next, self.output)
+            else:
+                self.writer.abort()
+            self.writer = None
+        if self.masks is not None:
+            self.masks.close(keep=keep)
+            self.masks_dir = str(self.masks.path) if keep else None
+            self.masks = None
+
+    def result(self) -> StreamResult:
+        lat = np.asarray(self.latencies) if self.latencies else None
+        return StreamResult(
+            self.buf.next, self.expected or 0, self.lost, self.dropped, self.output, self.masks_dir, self.error,
+            float(np.percentile(lat, 50)) if lat is not None else None,
+            float(np.percentile(lat, 99)) if lat is not None else None,
+        )
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def check_masks_dir(path: str) -> Path:

@@ -4,13 +4,17 @@ The source binds one ROUTER endpoint; workers and the sink connect DEALERs to
 it, so a worker joins with one address. Flow control is designed in:
 
 * each worker announces ``credits`` (frames it may hold); a frame is sent only
-  to a worker with a free credit, and each returned mask gives one back;
-* the sink acknowledges frames written; the source keeps at most ``window``
-  frames between dispatch and written, so the sink's reorder buffer and every
-  queue stay bounded whatever the video's length;
-* frames still in flight are kept (≤ window) and re-dispatched if their worker
-  goes silent for ``peer_timeout``;
+  to a worker with a free credit, and each returned mask gives one back, so
+  faster workers get more frames;
+* the sink acknowledges frames written per stream; the source keeps at most
+  ``window`` frames of a stream between dispatch and written, so the sink's
+  reorder buffer and every queue stay bounded whatever the video's length;
+* frames in flight are kept (≤ window per stream) and re-dispatched when their
+  worker misses heartbeats for ``worker_timeout``;
 * end of stream is an explicit ``eos`` carrying the frame count.
+
+Several sources may share one source stage (and so the workers): each gets a
+stream id and its own window; dispatch takes the streams in turn.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import zmq
 from ..config import FlowConfig
 from ..errors import StageError, TransportError, WireError
 from ..media import FrameReader, open_source
-from ..transport import bind, recv, send, send_msg
+from ..transport import PeerGone, bind, install_drain_handlers, recv, send, send_msg
 from ..wire import pack
 
 log = logging.getLogger("vidseg.source")
@@ -38,17 +42,8 @@ class _Worker:
     ident: bytes
     credits: int
     last_seen: float
-    inflight: set[int] = field(default_factory=set)
+    inflight: set[tuple[int, int]] = field(default_factory=set)
     card: dict | None = None
-
-
-@dataclass
-class SourceResult:
-    frames: int
-    lost: int
-    dropped: int
-    redispatched: int
-    malformed: int
 
 
 class _LiveGrabber:
@@ -57,9 +52,10 @@ class _LiveGrabber:
     def __init__(self, reader: FrameReader, pace: bool):
         self.reader, self.pace = reader, pace
         self._lock = threading.Lock()
-        self._latest: tuple[np.ndarray, float] | None = None
+        self._latest: tuple[np.ndarray, float, float] | None = None
         self.dropped = 0
         self.done = False
+        self.stop = False
         self.error: BaseException | None = None
         self._t = threading.Thread(target=self._run, name="vidseg-grab", daemon=True)
         self._t.start()
@@ -67,7 +63,9 @@ class _LiveGrabber:
     def _run(self) -> None:
         t0 = time.monotonic()
         try:
-            for i, item in enumerate(self.reader):
+            for i, (frame, pts) in enumerate(self.reader):
+                if self.stop:
+                    break
                 if self.pace:  # a file played as if live: real-time pacing
                     delay = t0 + i / float(self.reader.fps) - time.monotonic()
                     if delay > 0:
@@ -75,32 +73,91 @@ class _LiveGrabber:
                 with self._lock:
                     if self._latest is not None:
                         self.dropped += 1
-                    self._latest = item
+                    self._latest = (frame, pts, time.time())
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             self.error = e
         finally:
             self.done = True
 
-    def take(self) -> tuple[np.ndarray, float] | None:
+    def take(self) -> tuple[np.ndarray, float, float] | None:
         with self._lock:
             item, self._latest = self._latest, None
         return item
 
 
-class SourceStage:
-    """Decode ``source`` and serve it on ``endpoint`` until the sink has written every frame."""
+@dataclass
+class _Stream:
+    """One source's state: its reader, numbering, window and frames in flight."""
 
-    def __init__(self, source: str, *, endpoint: str, flow: FlowConfig = FlowConfig(), mode: str | None = None, stream: int = 0):
-        self.reader = open_source(source)  # bad input fails before any socket exists
-        self.source = source
-        self.mode = mode or ("live" if self.reader.live else "lossless")
+    id: int
+    uri: str
+    reader: FrameReader
+    mode: str
+    grabber: _LiveGrabber | None = None
+    frames: object = None  # iterator of (frame, pts) in lossless mode
+    n: int = 0  # frames numbered and sent to the sink
+    written: int = 0  # acknowledged by the sink
+    eof: bool = False
+    eos_sent: bool = False
+    inflight: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.grabber.dropped if self.grabber else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.eof and self.eos_sent and self.written >= self.n and not self.inflight
+
+    def next_frame(self) -> tuple[np.ndarray, float, float] | None:
+        """The next frame to send, or None (nothing ready now, or end of stream)."""
+        if self.grabber is not None:
+            item = self.grabber.take()
+            if item is None:
+                if self.grabber.error is not None:
+                    raise self.grabber.error
+                if self.grabber.done:
+                    item = self.grabber.take()
+                    if item is None:
+                        self.eof = True
+            return item
+        try:
+            frame, pts = next(self.frames)
+        except StopIteration:
+            self.eof = True
+            return None
+        return frame, pts, time.time()
+
+
+@dataclass
+class SourceResult:
+    frames: dict[int, int]
+    lost: dict[int, int]
+    dropped: dict[int, int]
+    redispatched: int
+    malformed: int
+
+
+class SourceStage:
+    """Decode ``sources`` and serve them on ``endpoint`` until the sink has written every frame."""
+
+    def __init__(self, sources: str | list[str], *, endpoint: str, flow: FlowConfig = FlowConfig(), mode: str | None = None, fps: float | None = None):
+        if isinstance(sources, str):
+            sources = [sources]
+        self.streams: list[_Stream] = []
+        try:
+            for i, uri in enumerate(sources):
+                reader = open_source(uri, fps=fps)  # bad input fails before any socket exists
+                self.streams.append(_Stream(i, uri, reader, mode or ("live" if reader.live else "lossless")))
+        except BaseException:
+            self.close()
+            raise
         self.flow = flow
-        self.stream = stream
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # The window bounds what is queued; HWMs must not silently drop under it.
+        # The windows bound what is queued; HWMs must not silently drop under them.
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         try:
@@ -113,14 +170,31 @@ class SourceStage:
         self.sink_seen = 0.0
         self.malformed = 0
         self.redispatched = 0
+        self.draining = False
+        self._redo: collections.deque[tuple[int, int]] = collections.deque()
 
     def close(self) -> None:
-        self.reader.close()
+        for s in self.streams:
+            if s.grabber:
+                s.grabber.stop = True
+            s.reader.close()
         if hasattr(self, "sock"):
             self.sock.close()
 
+    def drain(self) -> None:
+        """Stop reading new frames; finish those in flight and close every output validly."""
+        self.draining = True
+        for s in self.streams:
+            s.eof = True
+            if s.grabber:
+                s.grabber.stop = True
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM drains, a second aborts at once."""
+        install_drain_handlers(log, "source", self.drain)
+
     # -- messages ---------------------------------------------------------
-    def _handle(self, ident: bytes, msg, inflight: dict, now: float) -> None:
+    def _handle(self, ident: bytes, msg, now: float) -> None:
         kind = msg.kind
         if kind == "hello":
             role = msg.header.get("role")
@@ -132,37 +206,62 @@ class SourceStage:
                 log.info("sink connected")
             elif role == "worker":
                 credits = max(1, int(msg.header.get("credits", self.flow.credits)))
+                old = self.workers.get(ident)
+                if old is not None:  # a restarted worker: what it held is lost
+                    self._requeue(old)
                 self.workers[ident] = _Worker(ident, credits, now, card=msg.header.get("card"))
-                log.info("worker %s connected (pid %s, %d credits)", ident.hex()[:8], msg.header.get("pid"), credits)
+                log.info("worker %s connected (pid %s, %d credits)", ident.hex(), msg.header.get("pid"), credits)
             return
         if ident == self.sink:
             self.sink_seen = now
             if kind == "ack":
-                self.written = max(self.written, int(msg["written"]))
+                st = self._stream(msg["stream"])
+                if st is not None:
+                    st.written = max(st.written, int(msg["written"]))
             return
         w = self.workers.get(ident)
         if w is None:
-            # A worker that was written off, or one that never said hello: ask it to introduce itself.
-            send_msg(self.sock, "hb", identity=ident, rehello=True)
+            # A worker that was written off (or never said hello): ask it to introduce itself.
+            try:
+                send_msg(self.sock, "hb", identity=ident, rehello=True)
+            except TransportError:
+                pass
             return
         w.last_seen = now
         if kind == "mask":
-            seq = int(msg["seq"])
-            if seq in w.inflight:
-                w.inflight.discard(seq)
+            key = (int(msg["stream"]), int(msg["seq"]))
+            if key in w.inflight:
+                w.inflight.discard(key)
                 w.credits += 1
-            if seq in inflight:
-                del inflight[seq]
-                # Relay the mask as received: the same header and buffer, no copy.
-                send(self.sock, pack("mask", msg.array, stream=msg["stream"], seq=seq, worker=ident.hex()[:8]), identity=self.sink)
+            st = self._stream(key[0])
+            if st is not None and key[1] in st.inflight:
+                _, _, t_read = st.inflight.pop(key[1])
+                # Relay the mask with the same buffer, no copy.
+                self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=ident.hex(), t_read=t_read))
         elif kind == "error":
             raise StageError(f"a worker failed: {msg['message']}")
 
-    def _lose_worker(self, w: _Worker, redo: collections.deque, why: str) -> None:
-        log.warning("worker %s %s; re-dispatching its %d frame(s)", w.ident.hex()[:8], why, len(w.inflight))
-        for seq in sorted(w.inflight):
-            redo.append(seq)
+    def _to_sink(self, parts: list) -> None:
+        try:
+            send(self.sock, parts, identity=self.sink)
+        except PeerGone:
+            raise TransportError("the sink disconnected; check the sink process") from None
+
+    def _stream(self, sid) -> _Stream | None:
+        try:
+            return self.streams[int(sid)]
+        except (IndexError, TypeError, ValueError):
+            return None
+
+    def _requeue(self, w: _Worker) -> None:
+        for key in sorted(w.inflight):
+            self._redo.append(key)
         self.redispatched += len(w.inflight)
+        w.inflight.clear()
+
+    def _lose_worker(self, w: _Worker, why: str) -> None:
+        log.warning("worker %s %s; re-dispatching its %d frame(s)", w.ident.hex(), why, len(w.inflight))
+        self._requeue(w)
         del self.workers[w.ident]
 
     def _pick_worker(self) -> _Worker | None:
@@ -172,128 +271,139 @@ class SourceStage:
                 best = w
         return best
 
+    def _send_frame(self, w: _Worker, st: _Stream, seq: int) -> None:
+        frame, pts, _ = st.inflight[seq]
+        w.credits -= 1
+        w.inflight.add((st.id, seq))
+        try:
+            send(self.sock, pack("frame", frame, stream=st.id, seq=seq, pts=pts), identity=w.ident)
+        except PeerGone:
+            self._lose_worker(w, "disconnected")
+
+    def _dispatch(self) -> None:
+        """Send frames while a worker has a credit and a stream has room in its window."""
+        while self._redo:
+            w = self._pick_worker()
+            if w is None:
+                return
+            sid, seq = self._redo.popleft()
+            st = self.streams[sid]
+            if seq in st.inflight:
+                self._send_frame(w, st, seq)
+        progress = True
+        while progress:
+            progress = False
+            for st in self.streams:  # streams in turn: one frame each per pass
+                if st.eof or st.n - st.written >= self.flow.window:
+                    continue
+                w = self._pick_worker()
+                if w is None:
+                    return
+                item = st.next_frame()
+                if item is None:
+                    continue
+                seq = st.n
+                st.n += 1
+                st.inflight[seq] = item
+                self._to_sink(pack("frame", item[0], stream=st.id, seq=seq, pts=item[1]))
+                self._send_frame(w, st, seq)
+                progress = True
+
     # -- main loop --------------------------------------------------------
     def run(self) -> SourceResult:
         flow = self.flow
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        self.written = 0
-        inflight: dict[int, tuple[np.ndarray, float]] = {}
-        redo: collections.deque[int] = collections.deque()
-        log.info("serving %s (%s mode) on %s", self.source, self.mode, self.endpoint)
+        for st in self.streams:
+            log.info("stream %d: %s (%s mode)", st.id, st.uri, st.mode)
+        log.info("serving on %s", self.endpoint)
         self._wait_for_peers(poller)
-        first = next(iter(self.workers.values()))
-        info = dict(
-            stream=self.stream,
-            width=self.reader.width,
-            height=self.reader.height,
-            fps=[self.reader.fps.numerator, self.reader.fps.denominator],
-            frames=self.reader.expected,
-            source=self.source,
-            audio=self.reader.audio_path,
-            mode=self.mode,
-            pid=os.getpid(),
-        )
-        if first.card:
-            info["card"] = first.card
-        send_msg(self.sock, "info", identity=self.sink, **info)
+        card = next(iter(self.workers.values())).card
+        for st in self.streams:
+            r = st.reader
+            info = dict(
+                stream=st.id, streams=len(self.streams), width=r.width, height=r.height,
+                fps=[r.fps.numerator, r.fps.denominator], frames=r.expected, source=st.uri,
+                audio=r.audio_path, mode=st.mode, pid=os.getpid(),
+            )
+            if card:
+                info["card"] = card
+            send_msg(self.sock, "info", identity=self.sink, **info)
+            if st.mode == "live":
+                st.grabber = _LiveGrabber(r, pace=not r.live)
+            else:
+                st.frames = iter(r)
 
-        live = self.mode == "live"
-        grabber = _LiveGrabber(self.reader, pace=not self.reader.live) if live else None
-        frames_iter = iter(self.reader) if not live else None
-        n = 0  # frames numbered and sent to the sink
-        eof = False
         last_hb = 0.0
         no_worker_since: float | None = None
-        while True:
-            now = time.monotonic()
-            # Dispatch while the window and a worker's credit allow.
-            while n - self.written < flow.window or redo:
-                w = self._pick_worker()
-                if w is None:
+        try:
+            while True:
+                if not self.draining or self._redo:
+                    self._dispatch()
+                for st in self.streams:
+                    if st.eof and not st.eos_sent:
+                        if st.reader.lost:
+                            log.info("stream %d: %d frame(s) could not be decoded", st.id, st.reader.lost)
+                        self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=st.reader.lost, dropped=st.dropped))
+                        st.eos_sent = True
+                if all(st.finished for st in self.streams):
                     break
-                if redo:
-                    seq = redo.popleft()
-                    if seq not in inflight:
-                        continue
-                    frame, pts = inflight[seq]
-                elif eof:
-                    break
-                else:
-                    item = None
-                    if live:
-                        item = grabber.take()
-                        if item is None:
-                            if grabber.error is not None:
-                                raise grabber.error
-                            if grabber.done and grabber.take() is None:
-                                eof = True
-                            break
-                    else:
+                live_waiting = any(st.grabber is not None and not st.eof for st in self.streams)
+                timeout = 5 if live_waiting else int(flow.heartbeat * 1000)
+                if poller.poll(timeout):
+                    while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         try:
-                            item = next(frames_iter)
-                        except StopIteration:
-                            eof = True
-                    if item is None:
-                        break
-                    frame, pts = item
-                    seq = n
-                    n += 1
-                    inflight[seq] = (frame, pts)
-                    send(self.sock, pack("frame", frame, stream=self.stream, seq=seq, pts=pts), identity=self.sink)
-                w.credits -= 1
-                w.inflight.add(seq)
-                send(self.sock, pack("frame", frame, stream=self.stream, seq=seq, pts=pts), identity=w.ident)
-            if eof and not getattr(self, "_eos_sent", False):
-                lost = self.reader.lost
-                if lost:
-                    log.info("%s: %d frame(s) could not be decoded and are missing from the output", self.source, lost)
-                dropped = grabber.dropped if grabber else 0
-                send_msg(self.sock, "eos", identity=self.sink, stream=self.stream, frames=n, lost=lost, dropped=dropped)
-                self._eos_sent = True
-            if eof and self.written >= n and not inflight:
-                break
-            can_read_more = live and not eof
-            timeout = 5 if can_read_more else int(flow.heartbeat * 1000)
-            for sock, _ in poller.poll(timeout):
-                while True:
+                            ident, msg = recv(self.sock, routed=True)
+                        except WireError as e:
+                            self.malformed += 1
+                            log.warning("dropped a malformed message (%s); %d so far", e, self.malformed)
+                            continue
+                        self._handle(ident, msg, time.monotonic())
+                now = time.monotonic()
+                if now - last_hb >= flow.heartbeat:
+                    last_hb = now
+                    self._heartbeat()
+                if now - self.sink_seen > flow.peer_timeout:
+                    raise TransportError(f"the sink stopped responding for {flow.peer_timeout:.0f} s; check the sink process")
+                for w in list(self.workers.values()):
+                    if now - w.last_seen > flow.worker_timeout:
+                        self._lose_worker(w, f"missed heartbeats for {flow.worker_timeout:g} s")
+                pending = self._redo or any(st.inflight or not st.eof for st in self.streams)
+                if self.workers or not pending:
+                    no_worker_since = None
+                else:
+                    if no_worker_since is None:
+                        no_worker_since = now
+                        log.warning("no worker left; waiting up to %.0f s for one to join", flow.no_worker_grace)
+                    if now - no_worker_since > flow.no_worker_grace:
+                        raise StageError(
+                            f"no worker left for {flow.no_worker_grace:.0f} s; the output holds the frames done so far — "
+                            "start workers and run again"
+                        )
+        except BaseException as e:
+            # Tell the sink to finish what it has: finished work stays valid and playable.
+            if self.sink is not None:
+                for st in self.streams:
                     try:
-                        ident, msg = recv(self.sock, routed=True)
-                    except zmq.Again:
-                        break
-                    except WireError as e:
-                        self.malformed += 1
-                        log.warning("dropped a malformed message (%s); %d so far", e, self.malformed)
-                    else:
-                        self._handle(ident, msg, inflight, time.monotonic())
-                    if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        break
-            now = time.monotonic()
-            if now - last_hb >= flow.heartbeat:
-                last_hb = now
-                self._heartbeat()
-            if now - self.sink_seen > flow.peer_timeout:
-                raise TransportError(f"the sink stopped responding for {flow.peer_timeout:.0f} s; check the sink process")
-            for w in list(self.workers.values()):
-                if now - w.last_seen > flow.peer_timeout:
-                    self._lose_worker(w, redo, f"silent for {flow.peer_timeout:.0f} s")
-            if self.workers:
-                no_worker_since = None
-            elif inflight or not eof:
-                no_worker_since = no_worker_since or now
-                if now - no_worker_since > flow.connect_timeout:
-                    raise StageError(f"no worker left for {flow.connect_timeout:.0f} s; start a worker or restart the pipeline")
+                        send_msg(self.sock, "eos", identity=self.sink, stream=st.id, frames=-1, error=str(e) or type(e).__name__)
+                    except (zmq.ZMQError, TransportError):
+                        pass
+            raise
         for w in self.workers.values():
-            send_msg(self.sock, "stop", identity=w.ident)
-        dropped = grabber.dropped if grabber else 0
-        return SourceResult(n, self.reader.lost, dropped, self.redispatched, self.malformed)
+            try:
+                send_msg(self.sock, "stop", identity=w.ident)
+            except TransportError:
+                pass
+        return SourceResult(
+            {st.id: st.n for st in self.streams}, {st.id: st.reader.lost for st in self.streams},
+            {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed,
+        )
 
     def _heartbeat(self) -> None:
-        peers = list(self.workers) + ([self.sink] if self.sink else [])
-        for ident in peers:
+        for ident in list(self.workers) + ([self.sink] if self.sink else []):
             try:
                 send_msg(self.sock, "hb", identity=ident)
-            except zmq.ZMQError:  # unroutable: that peer is gone, the timeouts will tell
+            except TransportError:  # unroutable: that peer is gone, the timeouts will tell
                 pass
 
     def _wait_for_peers(self, poller: zmq.Poller) -> None:
@@ -306,6 +416,8 @@ class SourceStage:
                     f"no {missing} connected to {self.endpoint} within {self.flow.connect_timeout:.0f} s; "
                     "start them with --connect pointing here"
                 )
+            if self.draining:
+                raise KeyboardInterrupt
             if poller.poll(int(min(left, 1.0) * 1000)):
                 try:
                     ident, msg = recv(self.sock, routed=True)
@@ -314,4 +426,4 @@ class SourceStage:
                     log.warning("dropped a malformed message (%s)", e)
                     continue
                 if msg.kind == "hello":
-                    self._handle(ident, msg, {}, time.monotonic())
+                    self._handle(ident, msg, time.monotonic())

@@ -18,7 +18,7 @@ import zmq
 
 from ..config import FlowConfig
 from ..errors import TransportError, WireError
-from ..transport import connect, recv, send, send_msg
+from ..transport import connect, install_drain_handlers, recv, send, send_msg
 from ..wire import pack
 from .infer import Segmenter
 
@@ -34,8 +34,11 @@ class WorkerResult:
 class WorkerStage:
     """Serve the source at ``endpoint`` with ``segmenter`` until told to stop."""
 
-    def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False):
+    def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
+                 batch: int = 1, max_wait: float = 0.005):
         self.seg = segmenter
+        self.batch = max(1, batch)
+        self.max_wait = max_wait
         self.flow = flow
         self.persist = persist
         self.ctx = zmq.Context.instance()
@@ -63,8 +66,21 @@ class WorkerStage:
                 msg = self._in.get()
                 if msg is None:
                     return
-                mask = self.seg([msg.array])[0]
-                self._out.put((msg, mask))
+                batch = [msg]
+                # Batch frames of the same size (across streams) up to `batch`, waiting at most max_wait.
+                deadline = time.monotonic() + self.max_wait
+                while len(batch) < self.batch:
+                    try:
+                        nxt = self._in.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if nxt is None or nxt.array.shape != msg.array.shape:
+                        self._in.put(nxt)  # handled next round (or ends the loop)
+                        break
+                    batch.append(nxt)
+                masks = self.seg([m.array for m in batch])
+                for m, mask in zip(batch, masks):
+                    self._out.put((m, mask))
                 ping.send(b"")
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self._error = e
@@ -79,7 +95,7 @@ class WorkerStage:
             self.sock,
             "hello",
             role="worker",
-            credits=self.flow.credits,
+            credits=max(self.flow.credits, self.batch),
             pid=os.getpid(),
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette]},
         )
@@ -143,7 +159,14 @@ class WorkerStage:
                     what = "stopped responding" if heard_any else "did not answer"
                     raise TransportError(f"the source at {self.endpoint} {what} for {limit:.0f} s; check the source process")
         finally:
+            # Stop and join the inference thread before the context goes: a socket left open in
+            # another thread makes the process abort at exit.
             self._in.put(None)
+            t.join(timeout=10)
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM: finish until the source says stop; a second aborts."""
+        install_drain_handlers(log, "worker")
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,37 @@
+"""``null``: a model that computes nothing, for measuring transport and dispatch.
+
+It sleeps ``delay_ms`` per forward call (a stand-in for a fixed inference
+latency) and returns vertical stripes of classes, so overlays stay visible.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from .registry import register_model
+
+
+class NullModel(nn.Module):
+    def __init__(self, num_classes: int, delay_ms: float = 0.0, align_corners: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        self.delay = float(delay_ms) / 1000.0
+        # A parameter so .to(device/dtype) and state_dict behave like any model.
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.delay:
+            time.sleep(self.delay)
+        b, _, h, w = x.shape
+        cls = (torch.arange(w, device=x.device) * self.num_classes // max(w, 1)).clamp_(max=self.num_classes - 1)
+        out = torch.zeros(b, self.num_classes, h, w, device=x.device, dtype=x.dtype)
+        out.scatter_(1, cls.view(1, 1, 1, w).expand(b, 1, h, w), 1.0)
+        return out * self.scale.to(x.dtype)
+
+
+@register_model("null", backbones=("none",), default_backbone="none", description="no computation: fixed delay, class stripes (benchmarks)")
+def null(*, backbone: str = "none", num_classes: int = 19, delay_ms: float = 0.0, align_corners: bool = False, width_mult: float = 1.0, **_: object) -> NullModel:
+    return NullModel(num_classes, delay_ms=delay_ms, align_corners=align_corners)
