@@ -242,7 +242,7 @@ def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
         drops = f", {r.dropped} stale frame(s) dropped (live)" if r.dropped else ""
         log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
-    log.info("%d frames in %.1f s (%.1f frames/s)", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9))
+    log.info("%d frames in %.2f s (%.1f frames/s)", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9))
     if res.lost:
         where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(

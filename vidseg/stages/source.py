@@ -264,10 +264,12 @@ class SourceStage:
         self._requeue(w)
         del self.workers[w.ident]
 
-    def _pick_worker(self) -> _Worker | None:
+    def _pick_worker(self, live: bool = False) -> _Worker | None:
+        """The worker with the most free credits; for a live stream only an idle one,
+        so a fresh frame never waits behind another in a worker's queue."""
         best = None
         for w in self.workers.values():
-            if w.credits > 0 and (best is None or w.credits > best.credits):
+            if w.credits > 0 and (not live or not w.inflight) and (best is None or w.credits > best.credits):
                 best = w
         return best
 
@@ -296,9 +298,9 @@ class SourceStage:
             for st in self.streams:  # streams in turn: one frame each per pass
                 if st.eof or st.n - st.written >= self.flow.window:
                     continue
-                w = self._pick_worker()
+                w = self._pick_worker(live=st.grabber is not None)
                 if w is None:
-                    return
+                    continue
                 item = st.next_frame()
                 if item is None:
                     continue
