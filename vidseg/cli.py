@@ -56,6 +56,11 @@ flow_options = _opts(
     click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=FlowConfig.heartbeat, show_default=True, help="Seconds between heartbeats."),
 )
 
+curve_client_options = _opts(
+    click.option("--curve-secret", default=None, help="This stage's CURVE secret key file (tcp across hosts; see 'vidseg keys')."),
+    click.option("--curve-server", "curve_server_key", default=None, help="The source's CURVE public key file."),
+)
+
 batch_options = _opts(
     click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True, help="Frames per forward pass (batched across streams)."),
     click.option("--max-wait", type=click.FloatRange(0.0, 10.0), default=0.005, show_default=True, help="Seconds a worker waits to fill a batch."),
@@ -167,14 +172,19 @@ def cli() -> None:
 @click.option("--bind", "endpoint", default="tcp://127.0.0.1:5555", show_default=True, help="Endpoint workers and the sink connect to.")
 @click.option("--mode", type=click.Choice(MODES), default=None, help="lossless: every frame; live: drop stale frames. [default: live for cameras and URLs]")
 @click.option("--fps", type=click.FloatRange(0.1, 1000), default=None, help="Frame rate of an image folder. [default: 25]")
+@click.option("--curve-secret", default=None, help="Encrypt with CURVE using this server secret key file (see 'vidseg keys').")
+@click.option("--curve-clients", default=None, help="Admit only the workers/sinks whose public keys are in this folder.")
 @flow_options
 @log_options
-def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float | None, verbose: int, quiet: bool, **kw) -> None:
+def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float | None, curve_secret: str | None, curve_clients: str | None, verbose: int, quiet: bool, **kw) -> None:
     """Decode sources and dispatch their frames to workers."""
     from .stages.source import SourceStage
 
     _setup_logging("source", verbose, quiet)
-    stage = SourceStage([_resolve_source(s) for s in sources], endpoint=endpoint, flow=_flow_cfg(kw), mode=mode, fps=fps)
+    if curve_clients and not curve_secret:
+        raise InputError("--curve-clients needs --curve-secret (the source's secret key)")
+    stage = SourceStage([_resolve_source(s) for s in sources], endpoint=endpoint, flow=_flow_cfg(kw), mode=mode, fps=fps,
+                        curve_secret=curve_secret, curve_clients=curve_clients)
     stage.install_signal_handlers()
     try:
         res = stage.run()
@@ -193,9 +203,10 @@ def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for inference. [default: torch's]")
 @click.option("--persist", is_flag=True, help="Keep serving after the source ends (wait for the next one).")
 @batch_options
+@curve_client_options
 @flow_options
 @log_options
-def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wait: float, verbose: int, quiet: bool, **kw) -> None:
+def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wait: float, curve_secret: str | None, curve_server_key: str | None, verbose: int, quiet: bool, **kw) -> None:
     """Run a model on frames from a source; return class masks."""
     from .stages.infer import Segmenter, load_model
     from .stages.worker import WorkerStage
@@ -210,7 +221,8 @@ def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wa
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size)
     log = logging.getLogger("vidseg.worker")
     log.info("%s on %s (%s), input %d", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.input_size)
-    stage = WorkerStage(seg, endpoint=endpoint, flow=_flow_cfg(kw), persist=persist, batch=batch, max_wait=max_wait)
+    stage = WorkerStage(seg, endpoint=endpoint, flow=_flow_cfg(kw), persist=persist, batch=batch, max_wait=max_wait,
+                        curve_secret=curve_secret, curve_server_key=curve_server_key)
     stage.install_signal_handlers()
     try:
         res = stage.run()
@@ -223,15 +235,17 @@ def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wa
 @config_option
 @click.option("--connect", "endpoint", default="tcp://127.0.0.1:5555", show_default=True, help="The source's endpoint.")
 @output_options
+@curve_client_options
 @flow_options
 @log_options
-def sink(endpoint: str, preview: bool | None, verbose: int, quiet: bool, **kw) -> None:
+def sink(endpoint: str, preview: bool | None, curve_secret: str | None, curve_server_key: str | None, verbose: int, quiet: bool, **kw) -> None:
     """Reorder, composite and encode the annotated stream."""
     from .stages.sink import SinkStage
 
     _setup_logging("sink", verbose, quiet)
     out = _output_cfg(kw)
-    stage = SinkStage(endpoint=endpoint, out=out, flow=_flow_cfg(kw), preview=bool(preview if preview is not None else not (out.output or out.masks)))
+    stage = SinkStage(endpoint=endpoint, out=out, flow=_flow_cfg(kw), preview=bool(preview if preview is not None else not (out.output or out.masks)),
+                      curve_secret=curve_secret, curve_server_key=curve_server_key)
     stage.install_signal_handlers()
     try:
         res = stage.run()
@@ -421,6 +435,26 @@ def train(verbose: int, quiet: bool, **kw) -> None:
     _setup_logging("train", verbose, quiet)
     result = run_training(progress=not quiet, **kw)
     click.echo(f"{kw['out']}: {result}")
+
+
+@cli.command()
+@click.argument("folder")
+def keys(folder: str) -> None:
+    """Create CURVE key pairs in FOLDER: server.key(_secret) for the source, client.key(_secret) for workers/sinks."""
+    from pathlib import Path
+
+    import zmq.auth
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    if any(d.glob("*.key*")):
+        raise InputError(f"{folder} already holds keys; choose an empty folder (keys are never overwritten)")
+    for name in ("server", "client"):
+        zmq.auth.create_certificates(str(d), name)
+    click.echo(f"{d}/server.key_secret  -> vidseg source --curve-secret")
+    click.echo(f"{d}/server.key         -> workers and sinks: --curve-server")
+    click.echo(f"{d}/client.key_secret  -> workers and sinks: --curve-secret")
+    click.echo(f"{d}/client.key         -> put in the source's --curve-clients folder to admit them")
 
 
 # -- model zoo ------------------------------------------------------------------

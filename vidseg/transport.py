@@ -92,3 +92,47 @@ def install_drain_handlers(log, role: str, on_first=None) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _load_cert(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    from .errors import InputError
+
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read CURVE key file {path} ({e}); create keys with 'vidseg keys DIR'") from None
+    if secret and not secret_key:
+        raise InputError(f"{path} holds no secret key; give the '.key_secret' file")
+    return public, secret_key
+
+
+def curve_server(sock: zmq.Socket, secret_file: str, clients_dir: str | None = None):
+    """Encrypt a bound socket with CURVE; with ``clients_dir``, admit only those public keys.
+
+    Returns the authenticator thread (keep it alive, stop it on exit) or None.
+    """
+    from .errors import InputError
+
+    public, secret = _load_cert(secret_file, secret=True)
+    auth = None
+    if clients_dir:
+        from pathlib import Path
+
+        from zmq.auth.thread import ThreadAuthenticator
+
+        if not Path(clients_dir).is_dir():
+            raise InputError(f"CURVE clients folder {clients_dir} does not exist; put the allowed '.key' files there")
+        auth = ThreadAuthenticator(zmq.Context.instance())
+        auth.start()
+        auth.configure_curve(domain="*", location=clients_dir)
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+    return auth
+
+
+def curve_client(sock: zmq.Socket, secret_file: str, server_public_file: str) -> None:
+    """Encrypt a connecting socket with CURVE against the server's public key."""
+    public, secret = _load_cert(secret_file, secret=True)
+    server_public, _ = _load_cert(server_public_file, secret=False)
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server_public

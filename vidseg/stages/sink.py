@@ -24,7 +24,7 @@ from ..composite import Compositor, make_palette
 from ..config import FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError, WireError
 from ..media import VideoWriter, check_output_path
-from ..transport import connect, install_drain_handlers, recv, send_msg
+from ..transport import connect, curve_client, install_drain_handlers, recv, send_msg
 
 log = logging.getLogger("vidseg.sink")
 
@@ -112,7 +112,8 @@ class ReorderBuffer:
 class SinkStage:
     """Connect to the source at ``endpoint`` and write the annotated stream."""
 
-    def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(), preview: bool = False):
+    def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(), preview: bool = False,
+                 curve_secret: str | None = None, curve_server_key: str | None = None):
         for path in _as_list(out.output):
             check_output_path(path)
         for path in _as_list(out.masks):
@@ -128,6 +129,10 @@ class SinkStage:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = endpoint
+        if curve_secret or curve_server_key:
+            if not (curve_secret and curve_server_key):
+                raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
+            curve_client(self.sock, curve_secret, curve_server_key)
         connect(self.sock, endpoint)
         self.malformed = 0
         # Open the preview window now so a machine without a display fails before any work.

@@ -31,7 +31,7 @@ import zmq
 from ..config import FlowConfig
 from ..errors import StageError, TransportError, WireError
 from ..media import FrameReader, open_source
-from ..transport import PeerGone, bind, install_drain_handlers, recv, send, send_msg
+from ..transport import PeerGone, bind, curve_server, install_drain_handlers, recv, send, send_msg
 from ..wire import pack
 
 log = logging.getLogger("vidseg.source")
@@ -141,7 +141,8 @@ class SourceResult:
 class SourceStage:
     """Decode ``sources`` and serve them on ``endpoint`` until the sink has written every frame."""
 
-    def __init__(self, sources: str | list[str], *, endpoint: str, flow: FlowConfig = FlowConfig(), mode: str | None = None, fps: float | None = None):
+    def __init__(self, sources: str | list[str], *, endpoint: str, flow: FlowConfig = FlowConfig(), mode: str | None = None, fps: float | None = None,
+                 curve_secret: str | None = None, curve_clients: str | None = None):
         if isinstance(sources, str):
             sources = [sources]
         self.streams: list[_Stream] = []
@@ -160,7 +161,10 @@ class SourceStage:
         # The windows bound what is queued; HWMs must not silently drop under them.
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        self._auth = None
         try:
+            if curve_secret:  # must be set before bind
+                self._auth = curve_server(self.sock, curve_secret, curve_clients)
             self.endpoint = bind(self.sock, endpoint)
         except BaseException:
             self.close()
@@ -180,6 +184,8 @@ class SourceStage:
             s.reader.close()
         if hasattr(self, "sock"):
             self.sock.close()
+        if getattr(self, "_auth", None) is not None:
+            self._auth.stop()
 
     def drain(self) -> None:
         """Stop reading new frames; finish those in flight and close every output validly."""

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import zmq
 
 from ..config import FlowConfig
-from ..errors import TransportError, WireError
-from ..transport import connect, install_drain_handlers, recv, send, send_msg
+from ..errors import InputError, TransportError, WireError
+from ..transport import connect, curve_client, install_drain_handlers, recv, send, send_msg
 from ..wire import pack
 from .infer import Segmenter
 
@@ -35,7 +35,7 @@ class WorkerStage:
     """Serve the source at ``endpoint`` with ``segmenter`` until told to stop."""
 
     def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
-                 batch: int = 1, max_wait: float = 0.005):
+                 batch: int = 1, max_wait: float = 0.005, curve_secret: str | None = None, curve_server_key: str | None = None):
         self.seg = segmenter
         self.batch = max(1, batch)
         self.max_wait = max_wait
@@ -47,6 +47,10 @@ class WorkerStage:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = endpoint
+        if curve_secret or curve_server_key:
+            if not (curve_secret and curve_server_key):
+                raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
+            curve_client(self.sock, curve_secret, curve_server_key)
         connect(self.sock, endpoint)
         self._in: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
