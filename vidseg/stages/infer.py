@@ -205,6 +205,8 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
+        # channels-last convolutions are 1.2-2x faster on CPU and use tensor cores on GPU.
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self._stream = torch.cuda.Stream(self.device)
@@ -233,11 +235,10 @@ class Segmenter:
                 img = img[..., ::-1]
             np.multiply(img, self._a, out=batch[i], casting="unsafe")
             batch[i] += self._b
+        # (B, H, W, C) viewed as (B, C, H, W) is already channels-last: no copy.
         x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         if self.dtype != torch.float32:
             x = x.to(self.dtype)
-        else:
-            x = x.contiguous()
         labels = self.model(x).argmax(1).to(torch.uint8).numpy()
         return [cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST) if (h, w) != (H, W) else m for m in labels]
 
