@@ -123,7 +123,8 @@ class VidsegGroup(click.Group):
                 click.echo(f"vidseg: error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("vidseg: interrupted", err=True)
+            if not os.environ.get("VIDSEG_STAGE"):  # under `run`, the supervisor says it once
+                click.echo("vidseg: interrupted", err=True)
             ctx.exit(130)
 
 
@@ -297,6 +298,8 @@ def run(sources: tuple[str, ...], mode: str | None, workers: int, devices: str |
     srcs = [_resolve_source(s) for s in sources]
     if sources == (DEMO,) and not kw.get("output") and not kw.get("masks"):
         kw["output"] = ("vidseg-demo.mp4",)
+    if DEMO in sources and not kw.get("model") and not kw.get("weights"):
+        kw["model"] = _demo_model()
     out = _output_cfg(kw)
     # Validate everything a user can get wrong here, before any process starts.
     for outs, check in ((out.output, check_output_path), (out.masks, check_masks_dir)):
@@ -316,6 +319,11 @@ def run(sources: tuple[str, ...], mode: str | None, workers: int, devices: str |
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else [mcfg.device]
     for d in device_list:
         resolve_device(d, mcfg.precision)
+    if card.description.startswith("random initialisation"):
+        logging.getLogger("vidseg.run").warning(
+            "%s has random weights: the masks show the pipeline working, not a segmentation; pass --weights FILE or a zoo --model",
+            card.name,
+        )
     logging.getLogger("vidseg.run").info(
         "%s -> %s with %s, %d worker(s) on %s", ", ".join(srcs), ", ".join(out.output or out.masks) or "preview", card.name, workers, ",".join(device_list)
     )
@@ -359,6 +367,17 @@ def _flag_args(kw: dict, names: tuple[str, ...]) -> list[str]:
         for item in v if isinstance(v, (list, tuple)) else (v,):
             args += ["--" + n.replace("_", "-"), str(item)]
     return args
+
+
+DEMO_MODELS = ("deeplabv3plus-demo", "ccnet-demo")
+
+
+def _demo_model() -> str | None:
+    """The default model for the demo clip: the project's own trained weights when shipped."""
+    from .zoo import zoo_cards
+
+    cards = zoo_cards()
+    return next((m for m in DEMO_MODELS if m in cards), None)
 
 
 def _resolve_source(source: str) -> str:

@@ -320,6 +320,12 @@ def open_source(uri: str, *, fps: float | None = None) -> FrameReader:
     return FileReader(uri)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _chain(first, rest):
     if first is not None:
         yield first
@@ -453,12 +459,17 @@ class VideoWriter:
 
     def close(self) -> Path:
         """Flush, finalise and rename; returns the final path."""
-        for pkt in self._v.encode(None):
-            self._c.mux(pkt)
-        self._mux_audio_until(None)
-        self._c.close()
-        if self._audio_in is not None:
-            self._audio_in.close()
+        try:
+            for pkt in self._v.encode(None):
+                self._c.mux(pkt)
+            self._mux_audio_until(None)
+            self._c.close()
+            if self._audio_in is not None:
+                self._audio_in.close()
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it private
+        except BaseException:
+            self.abort()  # never leave a half-written partial file behind
+            raise
         os.replace(self._tmp, self.path)
         return self.path
 

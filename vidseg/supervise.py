@@ -22,6 +22,8 @@ class Stage:
     role: str
     argv: list[str]
     proc: subprocess.Popen | None = None
+    restarts: int = 0
+    finished: bool = False
 
 
 def _die_with_parent() -> None:
@@ -59,7 +61,7 @@ def _terminate(stages: list[Stage], grace: float = 10.0) -> None:
             s.proc.wait(timeout=5)
 
 
-def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.05) -> None:
+def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.05, worker_restarts: int = 3) -> None:
     """Run every stage; return when all exit 0, raise StageError when one fails.
 
     Stages run in their own session so a terminal's Ctrl-C reaches only this
@@ -79,23 +81,43 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
         else:
             raise KeyboardInterrupt
 
+    def start(s: Stage) -> None:
+        s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
+
+    env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for s in stages:
-            s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-            log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
+            start(s)
         while True:
             running = 0
+            source_alive = any(s.role == "source" and s.proc.poll() is None for s in stages)
             for s in stages:
                 rc = s.proc.poll()
                 if rc is None:
                     running += 1
-                elif rc != 0:
-                    _terminate(stages)
-                    if rc in REPORTED:
-                        raise _Reported(rc)
-                    why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-                    raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")
+                    continue
+                if rc == 0 or s.finished:
+                    s.finished = True
+                    continue
+                why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+                if interrupts["n"] and rc in (-signal.SIGTERM, -signal.SIGINT, 130, 128 + signal.SIGTERM):
+                    raise KeyboardInterrupt  # a stage stopped by the user's signal, e.g. during start-up
+                if s.role == "worker" and source_alive and rc not in REPORTED:
+                    if s.restarts < worker_restarts:
+                        s.restarts += 1
+                        log.warning("a worker died (%s); its frames go to the others, starting a replacement (%d/%d)", why, s.restarts, worker_restarts)
+                        start(s)
+                        running += 1
+                    else:
+                        log.warning("a worker died (%s) %d times; not restarting it", why, s.restarts + 1)
+                        s.finished = True
+                    continue
+                _terminate(stages)
+                if rc in REPORTED:
+                    raise _Reported(rc)
+                raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")
             if running == 0:
                 return
             time.sleep(poll)

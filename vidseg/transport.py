@@ -76,6 +76,14 @@ def recv(sock: zmq.Socket, *, routed: bool = False) -> tuple[bytes | None, Messa
     return ident, unpack(parts)
 
 
+def ignore_signals() -> None:
+    """From here on SIGINT/SIGTERM are ignored: used while outputs are being finalised."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def install_drain_handlers(log, role: str, on_first=None) -> None:
     """First SIGINT/SIGTERM: drain (``on_first`` if given), a second: abort via KeyboardInterrupt."""
     import signal

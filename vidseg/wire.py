@@ -21,6 +21,7 @@ Kinds (sender → receiver):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,12 +133,12 @@ def _decode_array(header: dict, part) -> np.ndarray:
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= 4
-        or not all(isinstance(s, int) and 0 <= s <= 1 << 16 for s in shape)
+        or not all(type(s) is int and 0 <= s <= 1 << 16 for s in shape)  # bool is an int: refuse it
     ):
         raise WireError(f"bad shape {shape!r}")
     buf = part.buffer if hasattr(part, "buffer") else memoryview(part)
     dt = np.dtype(dtype)
-    expected = int(np.prod(shape)) * dt.itemsize
+    expected = math.prod(shape) * dt.itemsize  # Python ints: no int64 overflow
     if buf.nbytes != expected:
         raise WireError(f"payload is {buf.nbytes} bytes but header says {expected} ({shape} {dtype})")
     # Zero-copy: the array is a read-only view of the received zmq frame.

@@ -24,7 +24,7 @@ from ..composite import Compositor, make_palette
 from ..config import FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError, WireError
 from ..media import VideoWriter, check_output_path
-from ..transport import connect, curve_client, install_drain_handlers, recv, send_msg
+from ..transport import connect, curve_client, ignore_signals, install_drain_handlers, recv, send_msg
 
 log = logging.getLogger("vidseg.sink")
 
@@ -199,11 +199,16 @@ class SinkStage:
                         if msg.kind == "info":
                             self._open_stream(streams, msg)
                             continue
-                        out = streams.get(int(msg.header.get("stream", -1)))
-                        if out is None:
+                        try:
+                            out = streams.get(int(msg.header.get("stream", -1)))
+                            if out is None:
+                                continue
+                            before = out.buf.next
+                            out.handle(msg)
+                        except (TypeError, ValueError, KeyError) as e:
+                            self.malformed += 1
+                            log.warning("dropped a malformed message (%s: %s); %d so far", type(e).__name__, e, self.malformed)
                             continue
-                        before = out.buf.next
-                        out.handle(msg)
                         if out.buf.next != before:
                             send_msg(self.sock, "ack", stream=out.sid, written=out.buf.next)
                 now = time.monotonic()
@@ -219,6 +224,8 @@ class SinkStage:
                         f"the source stopped responding for {flow.peer_timeout:.0f} s; check the source process"
                     )
         finally:
+            # Finalising must not be cut short by a second signal: that would lose the whole output.
+            ignore_signals()
             if self._window is not None:
                 self._window.close()
             for o in streams.values():
@@ -327,6 +334,12 @@ class _Out:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -362,6 +375,7 @@ class MaskWriter:
         if keep:
             if self.path.exists():
                 self.path.rmdir()  # checked empty at start
+            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp made it private
             os.replace(self.tmp, self.path)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -247,6 +247,12 @@ class SourceStage:
         elif kind == "error":
             raise StageError(f"a worker failed: {msg['message']}")
 
+    def _lost(self, st: _Stream) -> int:
+        # Frames left unread by a drain were not lost to decoding: only a decode failure counts.
+        if self.draining and not getattr(st.reader, "decode_error", None):
+            return 0
+        return st.reader.lost
+
     def _to_sink(self, parts: list) -> None:
         try:
             send(self.sock, parts, identity=self.sink)
@@ -350,9 +356,10 @@ class SourceStage:
                     self._dispatch()
                 for st in self.streams:
                     if st.eof and not st.eos_sent:
-                        if st.reader.lost:
-                            log.info("stream %d: %d frame(s) could not be decoded", st.id, st.reader.lost)
-                        self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=st.reader.lost, dropped=st.dropped))
+                        lost = self._lost(st)
+                        if lost:
+                            log.info("stream %d: %d frame(s) could not be decoded", st.id, lost)
+                        self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=lost, dropped=st.dropped))
                         st.eos_sent = True
                 if all(st.finished for st in self.streams):
                     break
@@ -362,11 +369,9 @@ class SourceStage:
                     while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         try:
                             ident, msg = recv(self.sock, routed=True)
-                        except WireError as e:
-                            self.malformed += 1
-                            log.warning("dropped a malformed message (%s); %d so far", e, self.malformed)
-                            continue
-                        self._handle(ident, msg, time.monotonic())
+                            self._handle(ident, msg, time.monotonic())
+                        except (WireError, TypeError, ValueError, KeyError) as e:
+                            self._malformed(e)
                 now = time.monotonic()
                 if now - last_hb >= flow.heartbeat:
                     last_hb = now
@@ -403,9 +408,14 @@ class SourceStage:
             except TransportError:
                 pass
         return SourceResult(
-            {st.id: st.n for st in self.streams}, {st.id: st.reader.lost for st in self.streams},
+            {st.id: st.n for st in self.streams}, {st.id: self._lost(st) for st in self.streams},
             {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed,
         )
+
+    def _malformed(self, e: Exception) -> None:
+        # Bad field types surface as TypeError/ValueError/KeyError: as malformed as a bad header.
+        self.malformed += 1
+        log.warning("dropped a malformed message (%s: %s); %d so far", type(e).__name__, e, self.malformed)
 
     def _heartbeat(self) -> None:
         for ident in list(self.workers) + ([self.sink] if self.sink else []):
@@ -429,9 +439,7 @@ class SourceStage:
             if poller.poll(int(min(left, 1.0) * 1000)):
                 try:
                     ident, msg = recv(self.sock, routed=True)
-                except WireError as e:
-                    self.malformed += 1
-                    log.warning("dropped a malformed message (%s)", e)
-                    continue
-                if msg.kind == "hello":
-                    self._handle(ident, msg, time.monotonic())
+                    if msg.kind == "hello":
+                        self._handle(ident, msg, time.monotonic())
+                except (WireError, TypeError, ValueError, KeyError) as e:
+                    self._malformed(e)

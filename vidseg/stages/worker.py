@@ -137,6 +137,8 @@ class WorkerStage:
                     while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         try:
                             _, msg = recv(self.sock)
+                            if msg.kind == "frame" and (msg.array.ndim != 3 or msg.array.shape[2] != 3 or msg.array.dtype != "uint8" or 0 in msg.array.shape):
+                                raise WireError(f"a frame must be HxWx3 uint8, got {msg.array.shape} {msg.array.dtype}")
                         except WireError as e:
                             self.malformed += 1
                             log.warning("dropped a malformed message (%s); %d so far", e, self.malformed)

@@ -1,0 +1,847 @@
+"""Reliability: real processes, real sockets, generated media, faults injected on purpose.
+
+Workers killed (-9) or frozen (SIGSTOP) mid-stream, a worker joining late, the
+last worker lost, the source or the sink killed, live mode with a slow worker,
+an HTTP MJPEG camera that drops and comes back, signals to ``vidseg run``,
+malformed messages thrown at every stage, several streams, an image folder.
+
+Every wait is bounded; every process a test starts is killed in teardown. No
+test asserts how long something took: "mid-stream" is observed through the
+mask PNGs the sink writes as it goes (``--masks``), and timeouts only guard
+against a hang.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import barcode_frame, make_clip, probe, read_barcode
+
+BASE = [sys.executable, "-m", "vidseg"]
+FAST = ["--heartbeat", "0.2"]  # every stage: heartbeats every 0.2 s
+ALPHA = ["--alpha", "0.25"]  # a light overlay: the barcodes stay readable under any class colour
+HANG = 90  # seconds: only a guard against a hang, never an expectation
+
+
+def null_model(delay_ms: float) -> list[str]:
+    """The ``null`` model (fixed delay per forward) at a tiny inference size on the CPU."""
+    return ["--model", "null", "--arch", f"delay_ms={delay_ms}", "--input-size", "64", "--device", "cpu"]
+
+
+def free_endpoint() -> str:
+    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+    return f"tcp://127.0.0.1:{port}"
+
+
+# -- processes -------------------------------------------------------------------------------
+class Proc:
+    """A vidseg process whose stdout+stderr go to a log file (no pipe can fill up and block it)."""
+
+    def __init__(self, name: str, args: list[str], tmp_path: Path):
+        self.name = name
+        self.log = tmp_path / f"{name}.log"
+        self._fh = open(self.log, "w")
+        self.p = subprocess.Popen(BASE + args, stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+        self.pid = self.p.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def poll(self):
+        return self.p.poll()
+
+    def wait(self, timeout: float = HANG) -> int:
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after {timeout} s (hang?):\n{self.text()}") from None
+
+    def signal(self, sig: int) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, sig)
+
+    def cleanup(self) -> None:
+        if self.p.poll() is None:
+            # `vidseg run` has stages of its own: they go too (a stopped process must be able to die).
+            for pid in [*children_of(self.p.pid), self.p.pid]:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._fh.close()
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid {self.pid} rc {self.p.poll()}>"
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Start vidseg processes with ``procs.start(name, *args)``; all are killed at teardown."""
+
+    class Procs(list):
+        def start(self, name: str, *args: str) -> Proc:
+            p = Proc(name, list(args), tmp_path)
+            self.append(p)
+            return p
+
+        def logs(self) -> str:
+            return "\n".join(f"--- {p.name} (rc {p.poll()}):\n{p.text()}" for p in self)
+
+    started = Procs()
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.cleanup()
+
+
+def wait_until(cond, *, timeout: float = HANG, alive: tuple[Proc, ...] = (), what: str = "condition", logs=None) -> None:
+    """Poll ``cond`` until true; fail (with the logs) on timeout or when a process in ``alive`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        dead = [p for p in alive if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            why = f"{dead} exited" if dead else f"timed out after {timeout} s"
+            extra = logs() if logs else "\n".join(f"--- {p.name}:\n{p.text()}" for p in alive)
+            raise AssertionError(f"waiting for {what}: {why}\n{extra}")
+        time.sleep(0.05)
+
+
+def masks_written(folder: Path, name: str = "masks") -> int:
+    """Mask PNGs the sink has written so far (its temporary folder, or the final one)."""
+    n = sum(1 for d in folder.glob(f".{name}.*.partial") for _ in d.glob("*.png"))
+    final = folder / name
+    if final.is_dir():
+        n = max(n, sum(1 for _ in final.glob("*.png")))
+    return n
+
+
+def barcodes(path: Path) -> list[int]:
+    return [read_barcode(f) for f in probe(path)["frames"]]
+
+
+def one_line_error(text: str, *needles: str) -> str:
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("vidseg: error:")]
+    assert len(errors) == 1, text
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def no_partials(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if "partial" in p.name]
+
+
+def redispatched(source_log: str) -> int:
+    m = re.search(r"(\d+) frame\(s\) re-dispatched", source_log)
+    assert m, source_log
+    return int(m.group(1))
+
+
+def worker_frames(log: str) -> int:
+    m = re.search(r"done: (\d+) frames", log)
+    assert m, log
+    return int(m.group(1))
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            out.append(int(d.name))
+    return out
+
+
+def is_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def clip120(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("rel") / "c120.mp4", frames=120, fps=Fraction(25), audio=False)
+
+
+def source_args(clip: Path, ep: str, *extra: str) -> list[str]:
+    return ["source", "--source", str(clip), "--bind", ep, *FAST, "--worker-timeout", "1.5", "--peer-timeout", "20", *extra]
+
+
+def sink_args(ep: str, out: Path, *extra: str) -> list[str]:
+    return ["sink", "--connect", ep, "--output", str(out), "--masks", str(out.parent / "masks"), *ALPHA, *FAST, "--peer-timeout", "20", *extra]
+
+
+def worker_args(ep: str, delay_ms: float, *extra: str) -> list[str]:
+    return ["worker", "--connect", ep, *null_model(delay_ms), "--threads", "1", *FAST, "--peer-timeout", "20", *extra]
+
+
+# -- 1. a worker killed (-9) mid-stream ----------------------------------------------------------
+def test_kill9_one_of_three_workers_loses_no_frame(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep))
+    sink = procs.start("sink", *sink_args(ep, out))
+    workers = [procs.start(f"worker{i}", *worker_args(ep, 100)) for i in range(3)]
+    wait_until(lambda: src.text().count("connected (pid") == 3, alive=(src, sink), what="3 workers connected", logs=procs.logs)
+    wait_until(lambda: masks_written(tmp_path) >= 15, alive=(src, sink, *workers), what="15 frames written", logs=procs.logs)
+    victim = workers[1]
+    victim.signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    for p in (src, sink, workers[0], workers[2]):
+        assert p.wait() == 0, procs.logs()
+    assert redispatched(src.text()) > 0, src.text()
+    assert barcodes(out) == list(range(120))
+    assert masks_written(tmp_path) == 120
+    assert no_partials(tmp_path) == []
+
+
+# -- 2. a worker frozen (SIGSTOP) mid-stream, then resumed ---------------------------------------
+def test_sigstopped_worker_is_written_off_and_its_frames_go_to_the_other(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep))
+    sink = procs.start("sink", *sink_args(ep, out))
+    a = procs.start("workerA", *worker_args(ep, 60))
+    b = procs.start("workerB", *worker_args(ep, 60))
+    wait_until(lambda: src.text().count("connected (pid") == 2, alive=(src, sink), what="2 workers connected", logs=procs.logs)
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, a, b), what="10 frames written", logs=procs.logs)
+    a.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "missed heartbeats" in src.text(), alive=(src, sink, b), what="the frozen worker written off", logs=procs.logs)
+        written_off_at = masks_written(tmp_path)
+        # Without the frozen worker the stream keeps going: its frames were re-dispatched to the other.
+        wait_until(lambda: masks_written(tmp_path) >= min(120, written_off_at + 10), alive=(src, sink, b),
+                   what="progress without the frozen worker", logs=procs.logs)
+    finally:
+        a.signal(signal.SIGCONT)
+    # Resumed, it is asked to introduce itself again; its stale masks must not disturb the output.
+    for p in (src, sink, a, b):
+        assert p.wait() == 0, procs.logs()
+    assert redispatched(src.text()) > 0, src.text()
+    assert barcodes(out) == list(range(120))
+    assert no_partials(tmp_path) == []
+
+
+# -- 3. live mode, a worker slower than the source -----------------------------------------------
+def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_path):
+    n, delay_ms, credits = 75, 150, 2
+    clip = make_clip(tmp_path / "live.mp4", frames=n, fps=Fraction(25), audio=False)
+    out = tmp_path / "out.mp4"
+    r = subprocess.run(
+        BASE + ["run", "--source", str(clip), "--mode", "live", "--output", str(out), *ALPHA, *null_model(delay_ms),
+                "--credits", str(credits), *FAST],
+        capture_output=True, text=True, timeout=HANG, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"stream 0 done: (\d+) frames -> .*?, (\d+) stale frame\(s\) dropped \(live\), latency p50 (\d+) ms p99 (\d+) ms", r.stderr)
+    assert m, r.stderr
+    frames, dropped, p50, p99 = map(int, m.groups())
+    got = barcodes(out)
+    assert len(got) == frames
+    assert 0 < frames < n and dropped > 0
+    assert frames + dropped == n  # every decoded frame is either written or counted as dropped
+    assert all(x < y for x, y in zip(got, got[1:])), got  # in order, never repeated
+    assert 0 <= got[0] and got[-1] < n
+    # Bounded latency: a frame waits for at most `credits` forward passes at the worker (plus
+    # transport and encoding); a queue that kept every frame would reach roughly the whole backlog,
+    # (n / fps_processed - n / fps_source) ~ n * delay - n / 25 seconds.
+    backlog_ms = n * delay_ms - n * 1000 / 25
+    assert p50 <= p99 < min((credits + 3) * delay_ms + 500, backlog_ms / 3), r.stderr
+
+
+# -- 4. an HTTP MJPEG camera that drops and comes back ---------------------------------------------
+class _MjpegServer:
+    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts."""
+
+    def __init__(self, port: int = 0, fps: float = 25.0, counter: list | None = None):
+        self.counter = counter if counter is not None else [0]
+        self.stopping = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_GET(self):
+                import cv2
+
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=vsframe")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                try:
+                    while not outer.stopping.is_set():
+                        i = outer.counter[0]
+                        outer.counter[0] += 1
+                        ok, jpg = cv2.imencode(".jpg", barcode_frame(i, 64, 96), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                        data = jpg.tobytes()
+                        self.wfile.write(b"--vsframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n")
+                        self.wfile.flush()
+                        time.sleep(1 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.srv = Server(("127.0.0.1", port), Handler)
+        self.port = self.srv.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
+        self._t = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._t.start()
+
+    def stop(self) -> None:
+        """Close every open stream and the listening socket."""
+        self.stopping.set()
+        self.srv.shutdown()
+        self.srv.server_close()
+        self._t.join(timeout=5)
+
+
+def test_pyav_opens_an_mjpeg_http_stream(tmp_path):
+    import av
+
+    srv = _MjpegServer()
+    try:
+        with av.open(srv.url, "r", options={"rw_timeout": "5000000"}, timeout=5) as c:
+            v = c.streams.video[0]
+            assert c.format.name == "mpjpeg" and v.codec_context.name == "mjpeg"
+            got = []
+            for f in c.decode(v):
+                got.append(read_barcode(f.to_ndarray(format="bgr24")))
+                if len(got) == 5:
+                    break
+        assert got == sorted(got) and len(set(got)) == 5
+    finally:
+        srv.stop()
+
+
+def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
+    out = tmp_path / "out.mp4"
+    srv = _MjpegServer()
+    port, counter = srv.port, srv.counter
+    run = procs.start("run", "run", "--source", srv.url, "--output", str(out), "--masks", str(tmp_path / "masks"),
+                      *ALPHA, *null_model(20), *FAST)
+    try:
+        wait_until(lambda: masks_written(tmp_path) >= 10, alive=(run,), what="10 frames written")
+        srv.stop()
+        served_before = counter[0]
+        wait_until(lambda: "reconnecting" in run.text(), timeout=30, alive=(run,), what="the drop noticed")
+        time.sleep(0.5)  # let at least one reconnect attempt fail against the closed port
+        srv = _MjpegServer(port=port, counter=counter)  # back, on the same port
+        wait_until(lambda: "reconnected" in run.text(), timeout=30, alive=(run,), what="reconnected")
+        written = masks_written(tmp_path)
+        wait_until(lambda: masks_written(tmp_path) >= written + 10, timeout=30, alive=(run,), what="frames after the reconnect")
+        run.signal(signal.SIGINT)
+        rc = run.wait()
+    finally:
+        srv.stop()
+    assert rc == 0, run.text()
+    assert "Traceback" not in run.text()
+    got = barcodes(out)
+    assert len(got) >= 20
+    assert all(x < y for x, y in zip(got, got[1:])), got
+    assert got[-1] >= served_before, (got, served_before)  # frames from after the reconnect made it out
+    assert no_partials(tmp_path) == []
+
+
+# -- 5. SIGTERM / SIGINT to `vidseg run`: drain --------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_run_drains_to_a_valid_output(tmp_path, procs, sig):
+    n = 150
+    clip = make_clip(tmp_path / "c.mp4", frames=n, fps=Fraction(25), audio=False)
+    out = tmp_path / "out.mp4"
+    run = procs.start("run", "run", "--source", str(clip), "--output", str(out), "--masks", str(tmp_path / "masks"),
+                      *ALPHA, *null_model(100), *FAST)
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(run,), what="10 frames written")
+    children = children_of(run.pid)
+    assert len(children) == 3, children  # source, sink, one worker
+    run.signal(sig)
+    rc = run.wait()
+    assert rc == 0, run.text()
+    text = run.text()
+    assert "Traceback" not in text and "vidseg: error" not in text, text
+    got = barcodes(out)
+    assert 10 <= len(got) < n, len(got)
+    assert got == list(range(len(got)))
+    assert masks_written(tmp_path) == len(got)
+    assert no_partials(tmp_path) == []
+    leftovers = [pid for pid in children if is_running(pid)]
+    assert leftovers == [], leftovers
+
+
+# -- 6. malformed messages --------------------------------------------------------------------------
+MAGIC = b"VSG\x00"
+
+
+def _head(fields: dict, version: int = 1) -> bytes:
+    return MAGIC + bytes([version]) + json.dumps(fields).encode()
+
+
+def _wire_garbage() -> list[list[bytes]]:
+    """Messages every stage must count as malformed and survive."""
+    frame = {"kind": "frame", "stream": 0, "seq": 0, "pts": 0.0, "shape": [4, 4, 3], "dtype": "uint8"}
+    return [
+        [b"hello"],  # not a vidseg message
+        [b""],  # empty
+        [b"VSG"],  # shorter than the prefix
+        [_head({"kind": "hb"}, version=2)],  # wrong wire version
+        [_head({"kind": "hb"}, version=0)],
+        [MAGIC + b"\x01" + b'{"kind": "fra'],  # truncated header
+        [MAGIC + b"\x01" + b"\xff\xfe\x00"],  # not UTF-8
+        [MAGIC + b"\x01" + b"[1, 2, 3]"],  # not an object
+        [_head({"kind": "teleport"})],  # unknown kind
+        [_head({"kind": "frame", "stream": 0})],  # missing fields
+        [_head(frame)],  # pixels missing
+        [_head(frame), bytes(47)],  # payload size mismatch (48 expected)
+        [_head(frame), bytes(48), bytes(48)],  # too many parts
+        [_head({**frame, "dtype": "object"}), bytes(48)],  # dtype not allowed
+        [_head({**frame, "shape": [-4, 4, 3]}), bytes(48)],  # negative size
+        [_head({**frame, "shape": "4x4x3"}), bytes(48)],
+        [MAGIC + b"\x01" + b"x" * (70 * 1024)],  # oversized header
+    ]
+
+
+def _overflow_garbage() -> list[list[bytes]]:
+    """Shapes whose byte count overflows int64 or that are not integers: also malformed."""
+    frame = {"kind": "frame", "stream": 0, "seq": 0, "pts": 0.0, "dtype": "uint8"}
+    return [
+        [_head({**frame, "shape": [65536, 65536, 65536, 65536]}), b""],  # 2**64 bytes: np.prod wraps to 0
+        [_head({**frame, "shape": [True, 2]}), b"\x00\x00"],  # a bool is not a dimension
+    ]
+
+
+def test_unpack_rejects_overflowing_and_non_integer_shapes():
+    """wire.unpack must raise WireError (counted, dropped), never another exception that kills a stage."""
+    from vidseg.errors import WireError
+    from vidseg.wire import unpack
+
+    for parts in _wire_garbage() + _overflow_garbage():
+        with pytest.raises(WireError):
+            unpack(parts)
+
+
+class FakeSource:
+    """A ROUTER standing in for the source, to talk to one real worker or sink."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.peer: bytes | None = None
+
+    def recv(self, timeout: float = 30.0, kinds: tuple[str, ...] | None = None, alive: tuple[Proc, ...] = ()):
+        """The next message (of ``kinds``) from the peer, decoded; fails when ``timeout`` passes first."""
+        from vidseg.wire import unpack
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in alive:
+                assert p.poll() is None, f"{p.name} exited:\n{p.text()}"
+            if self.sock.poll(100):
+                parts = self.sock.recv_multipart()
+                self.peer = parts[0]
+                msg = unpack(parts[1:])
+                if kinds is None or msg.kind in kinds:
+                    return msg
+        raise AssertionError(f"no {kinds or 'message'} within {timeout} s:\n" + "\n".join(p.text() for p in alive))
+
+    def send_raw(self, parts: list[bytes]) -> None:
+        self.sock.send_multipart([self.peer, *parts])
+
+    def send(self, kind: str, array=None, **fields) -> None:
+        from vidseg.wire import pack
+
+        self.sock.send_multipart([self.peer, *[bytes(p) for p in pack(kind, array, **fields)]])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _worker_round_trip(fake: FakeSource, worker: Proc, seq: int) -> None:
+    """A valid frame in, a valid mask out (right seq, shape, dtype, classes)."""
+    img = barcode_frame(seq, 64, 96)
+    fake.send("frame", img, stream=0, seq=seq, pts=seq / 25)
+    m = fake.recv(kinds=("mask",), alive=(worker,))
+    assert (m["stream"], m["seq"]) == (0, seq)
+    assert m.array.shape == (64, 96) and m.array.dtype == np.uint8
+    assert 0 <= int(m.array.max()) < 19
+
+
+def _fuzz_worker(tmp_path, procs, garbage) -> Proc:
+    fake = FakeSource()
+    try:
+        worker = procs.start("worker", "worker", "--connect", fake.endpoint, *null_model(0), "--threads", "1", *FAST, "--peer-timeout", "20")
+        hello = fake.recv(kinds=("hello",), alive=(worker,))
+        assert hello["role"] == "worker"
+        _worker_round_trip(fake, worker, 0)
+        for i, parts in enumerate(garbage, start=1):
+            fake.send_raw(parts)
+            fake.send("hb")
+            _worker_round_trip(fake, worker, i)  # still alive and serving after each one
+        fake.send("stop")
+        assert worker.wait(30) == 0, worker.text()
+    finally:
+        fake.close()
+    return worker
+
+
+def test_worker_survives_malformed_messages(tmp_path, procs):
+    garbage = _wire_garbage()
+    worker = _fuzz_worker(tmp_path, procs, garbage)
+    text = worker.text()
+    assert text.count("dropped a malformed message") == len(garbage), text
+    assert f"{len(garbage)} so far" in text
+    assert worker_frames(text) == len(garbage) + 1
+
+
+def test_worker_survives_overflowing_shapes(tmp_path, procs):
+    garbage = _overflow_garbage()
+    worker = _fuzz_worker(tmp_path, procs, garbage)
+    assert worker.text().count("dropped a malformed message") == len(garbage), worker.text()
+
+
+def _fuzz_source(clip: Path, tmp_path: Path, procs, garbage: list[list[bytes]]):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    ctx = zmq.Context()
+    fuzz = ctx.socket(zmq.DEALER)
+    fuzz.setsockopt(zmq.LINGER, 0)
+    try:
+        src = procs.start("source", *source_args(clip, ep))
+        fuzz.connect(ep)
+        for parts in garbage:  # while the source waits for its peers
+            fuzz.send_multipart(parts)
+        sink = procs.start("sink", *sink_args(ep, out))
+        worker = procs.start("worker", *worker_args(ep, 20))
+        wait_until(lambda: masks_written(tmp_path) >= 5, alive=(src, sink, worker), what="5 frames written", logs=procs.logs)
+        for parts in garbage:  # and again mid-stream
+            fuzz.send_multipart(parts)
+        for p in (src, sink, worker):
+            assert p.wait() == 0, procs.logs()
+    finally:
+        fuzz.close()
+        ctx.term()
+    assert barcodes(out) == list(range(120))
+    return src
+
+
+def test_source_survives_malformed_messages_mid_run(clip120, tmp_path, procs):
+    garbage = _wire_garbage()
+    src = _fuzz_source(clip120, tmp_path, procs, garbage)
+    assert re.search(rf"\b{2 * len(garbage)} malformed message\(s\) dropped", src.text()), src.text()
+
+
+def test_source_survives_overflowing_shapes(clip120, tmp_path, procs):
+    garbage = _overflow_garbage()
+    src = _fuzz_source(clip120, tmp_path, procs, garbage)
+    assert re.search(rf"\b{2 * len(garbage)} malformed message\(s\) dropped", src.text()), src.text()
+
+
+def test_source_survives_a_hello_with_bad_field_types(clip120, tmp_path, procs):
+    """A hello that is well-formed on the wire but whose fields have the wrong types is dropped, not fatal."""
+    garbage = [
+        [_head({"kind": "hello", "role": "worker", "credits": "many"})],
+        [_head({"kind": "hello", "role": "worker", "credits": None})],
+        [_head({"kind": "hello", "role": "worker", "credits": [1]})],
+    ]
+    _fuzz_source(clip120, tmp_path, procs, garbage)
+
+
+def test_sink_survives_malformed_messages(tmp_path, procs):
+    """A fake source feeds a real sink garbage between valid frames; the output is complete."""
+    out = tmp_path / "out.mp4"
+    garbage = _wire_garbage()
+    fake = FakeSource()
+    try:
+        sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--output", str(out), *ALPHA, *FAST, "--peer-timeout", "20")
+        fake.recv(kinds=("hello",), alive=(sink,))
+        fake.send("info", stream=0, streams=1, width=96, height=64, fps=[25, 1], frames=len(garbage), source="fake", audio=None, mode="lossless")
+        for i, parts in enumerate(garbage):
+            fake.send_raw(parts)
+            fake.send("frame", barcode_frame(i, 64, 96), stream=0, seq=i, pts=i / 25)
+            fake.send("mask", np.zeros((64, 96), np.uint8), stream=0, seq=i)
+            ack = fake.recv(kinds=("ack",), alive=(sink,))
+            assert ack["written"] == i + 1
+        fake.send("eos", stream=0, frames=len(garbage), lost=0, dropped=0)
+        assert sink.wait(30) == 0, sink.text()
+    finally:
+        fake.close()
+    assert sink.text().count("dropped a malformed message") == len(garbage), sink.text()
+    assert barcodes(out) == list(range(len(garbage)))
+
+
+# -- 7. a worker joining mid-stream ----------------------------------------------------------------
+def test_worker_joining_mid_stream_gets_work(tmp_path, procs):
+    n = 80
+    clip = make_clip(tmp_path / "c.mp4", frames=n, fps=Fraction(25), audio=False)
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip, ep))
+    sink = procs.start("sink", *sink_args(ep, out))
+    first = procs.start("worker1", *worker_args(ep, 100))
+    wait_until(lambda: masks_written(tmp_path) >= 5, alive=(src, sink, first), what="5 frames written", logs=procs.logs)
+    late = procs.start("worker2", *worker_args(ep, 100))
+    for p in (src, sink, first, late):
+        assert p.wait() == 0, procs.logs()
+    assert src.text().count("connected (pid") == 2
+    n1, n2 = worker_frames(first.text()), worker_frames(late.text())
+    assert n2 > 0, procs.logs()
+    assert n1 + n2 >= n  # every frame was inferred at least once (more only after a re-dispatch)
+    assert barcodes(out) == list(range(n))
+
+
+# -- 8. no worker left (lossless) -------------------------------------------------------------------
+def test_last_worker_lost_fails_clearly_and_keeps_a_valid_partial_output(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep, "--no-worker-grace", "2"))
+    sink = procs.start("sink", *sink_args(ep, out))
+    worker = procs.start("worker", *worker_args(ep, 100))
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, worker), what="10 frames written", logs=procs.logs)
+    worker.signal(signal.SIGKILL)
+    assert src.wait() == 4, procs.logs()
+    one_line_error(src.text(), "no worker left")
+    assert sink.wait() != 0, procs.logs()
+    one_line_error(sink.text(), "no worker left")
+    got = barcodes(out)
+    assert 10 <= len(got) < 120
+    assert got == list(range(len(got)))
+    assert no_partials(tmp_path) == []
+
+
+# -- 9. the source or the sink killed -----------------------------------------------------------------
+def test_source_killed_sink_and_worker_exit_with_a_clear_error(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep))
+    sink = procs.start("sink", *sink_args(ep, out, "--peer-timeout", "2"))
+    worker = procs.start("worker", *worker_args(ep, 100, "--peer-timeout", "2"))
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, worker), what="10 frames written", logs=procs.logs)
+    src.signal(signal.SIGKILL)
+    assert sink.wait(30) == 3, procs.logs()
+    one_line_error(sink.text(), "the source stopped responding")
+    assert worker.wait(30) == 3, procs.logs()
+    one_line_error(worker.text(), "stopped responding")
+    got = barcodes(out)
+    assert 10 <= len(got) < 120
+    assert got == list(range(len(got)))
+    assert no_partials(tmp_path) == []
+
+
+def test_sink_killed_source_exits_with_a_clear_error(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep, "--peer-timeout", "2"))
+    sink = procs.start("sink", *sink_args(ep, out))
+    worker = procs.start("worker", *worker_args(ep, 100, "--peer-timeout", "2"))
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, worker), what="10 frames written", logs=procs.logs)
+    sink.signal(signal.SIGKILL)
+    assert src.wait(30) == 3, procs.logs()
+    one_line_error(src.text(), "sink")
+    assert worker.wait(30) == 3, procs.logs()
+    one_line_error(worker.text(), "stopped responding")
+
+
+# -- 10. several streams, two workers, batches across streams ------------------------------------------
+def test_several_sources_two_workers_batched_each_stream_complete_in_order(tmp_path):
+    specs = [(30, 96, 64), (20, 96, 64), (15, 128, 96)]  # two of a size (batched together), one other
+    clips = [make_clip(tmp_path / f"in{i}.mp4", frames=f, width=w, height=h, fps=Fraction(25), audio=False)
+             for i, (f, w, h) in enumerate(specs)]
+    r = subprocess.run(
+        BASE + ["run", *[a for c in clips for a in ("--source", str(c))], "--workers", "2", "--batch", "2",
+                "--output", str(tmp_path / "out-{stream}.mp4"), *ALPHA, *null_model(20), *FAST],
+        capture_output=True, text=True, timeout=HANG, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    for i, (f, w, h) in enumerate(specs):
+        got = probe(tmp_path / f"out-{i}.mp4")
+        assert (got["width"], got["height"]) == (w, h)
+        assert got["fps"] == 25
+        assert [read_barcode(x) for x in got["frames"]] == list(range(f)), i
+    assert no_partials(tmp_path) == []
+
+
+# -- 11. an image folder --------------------------------------------------------------------------------
+def test_image_folder_source_every_image_in_order_at_fps(tmp_path):
+    import cv2
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    n = 20
+    for i in range(n):
+        assert cv2.imwrite(str(folder / f"img{i:04d}.png"), barcode_frame(i, 64, 96))
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.mp4"
+    r = subprocess.run(
+        BASE + ["run", "--source", str(folder), "--fps", "10", "--output", str(out), *ALPHA, *null_model(0), *FAST],
+        capture_output=True, text=True, timeout=HANG, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    got = probe(out)
+    assert got["fps"] == 10
+    assert (got["width"], got["height"]) == (96, 64)
+    assert [read_barcode(f) for f in got["frames"]] == list(range(n))
+    assert got["duration"] == pytest.approx(n / 10, abs=0.1)
+
+
+# -- a second signal while the sink finalises ------------------------------------------------------------
+def test_sink_signals_during_finalisation_do_not_lose_the_output(tmp_path, procs):
+    """`vidseg run` aborts a failed pipeline with two SIGTERMs per stage; if they reach the sink while it
+    finalises (flush, mux, rename) the output must still be complete, with no partial file left.
+
+    The encoder is made slow (large noisy frames, x264 'slower') so finalisation takes long enough for the
+    signals to arrive during it.
+    """
+    out = tmp_path / "out.mp4"
+    n, w, h = 12, 640, 480
+    fake = FakeSource()
+    try:
+        sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--output", str(out), "--preset", "slower",
+                           *ALPHA, *FAST, "--peer-timeout", "20")
+        fake.recv(kinds=("hello",), alive=(sink,))
+        fake.send("info", stream=0, streams=1, width=w, height=h, fps=[25, 1], frames=n, source="fake", audio=None, mode="lossless")
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            img[:16, : 10 * 8] = barcode_frame(i, h, w)[:16, : 10 * 8]
+            fake.send("frame", img, stream=0, seq=i, pts=i / 25)
+            fake.send("mask", np.zeros((h, w), np.uint8), stream=0, seq=i)
+            assert fake.recv(kinds=("ack",), alive=(sink,))["written"] == i + 1
+        sink.signal(signal.SIGTERM)  # the first: "keep going while the source drains"
+        wait_until(lambda: "finishing the frames in flight" in sink.text(), timeout=30, alive=(sink,), what="the first signal handled")
+        fake.send("eos", stream=0, frames=n, lost=0, dropped=0)
+        time.sleep(0.5)  # the sink is now flushing the encoder (several seconds with these frames)
+        sink.signal(signal.SIGTERM)  # the second arrives during finalisation
+        rc = sink.wait()
+    finally:
+        fake.close()
+    assert rc in (0, 130), sink.text()
+    assert no_partials(tmp_path) == [], sink.text()
+    assert barcodes(out) == list(range(n))
+
+
+# -- `vidseg run`: a worker killed, a signal during start-up, the supervisor killed ---------------------------
+def _stage_pids(run: Proc, role: str) -> list[int]:
+    pids = []
+    for pid in children_of(run.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[3] == role.encode():  # python -m vidseg ROLE ...
+            pids.append(pid)
+    return pids
+
+
+def test_run_with_a_worker_killed_ends_cleanly_with_a_valid_output(clip120, tmp_path, procs):
+    """One of three workers killed under `vidseg run`: the run may carry on (exit 0, every frame) or stop
+    with one line (exit 4); either way the output is valid, in order, with no partial file or process left."""
+    out = tmp_path / "out.mp4"
+    run = procs.start("run", "run", "--source", str(clip120), "--workers", "3", "--output", str(out),
+                      "--masks", str(tmp_path / "masks"), *ALPHA, *null_model(100), *FAST)
+    wait_until(lambda: masks_written(tmp_path) >= 15, alive=(run,), what="15 frames written")
+    children = children_of(run.pid)
+    workers = _stage_pids(run, "worker")
+    assert len(children) == 5 and len(workers) == 3, children
+    os.kill(workers[0], signal.SIGKILL)
+    rc = run.wait()
+    text = run.text()
+    got = barcodes(out)
+    if rc == 0:
+        assert got == list(range(120))
+    else:
+        assert rc == 4, text
+        one_line_error(text, "worker")
+        assert len(got) >= 15 and got == list(range(len(got)))
+    assert no_partials(tmp_path) == [], text
+    assert [pid for pid in children if is_running(pid)] == []
+
+
+def test_signal_to_run_during_start_up_stops_it_cleanly(clip120, tmp_path, procs):
+    """Ctrl-C right after `vidseg run` started its stages (still importing): a clean stop, not 'a stage died'."""
+    out = tmp_path / "out.mp4"
+    run = procs.start("run", "run", "--source", str(clip120), "--output", str(out), *ALPHA, *null_model(100), *FAST)
+    wait_until(lambda: len(children_of(run.pid)) == 3, timeout=60, alive=(run,), what="stages started")
+    children = children_of(run.pid)
+    run.signal(signal.SIGTERM)
+    rc = run.wait()
+    text = run.text()
+    assert rc in (0, 130), text
+    assert "Traceback" not in text and "died" not in text, text
+    assert no_partials(tmp_path) == []
+    assert [pid for pid in children if is_running(pid)] == []
+
+
+def test_supervisor_killed_stages_drain_and_exit_leaving_a_valid_output(clip120, tmp_path, procs):
+    """kill -9 of `vidseg run`: every stage gets SIGTERM from the kernel (no orphan), drains, and exits."""
+    out = tmp_path / "out.mp4"
+    run = procs.start("run", "run", "--source", str(clip120), "--output", str(out), "--masks", str(tmp_path / "masks"),
+                      *ALPHA, *null_model(100), *FAST)
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(run,), what="10 frames written")
+    children = children_of(run.pid)
+    assert len(children) == 3, children
+    run.signal(signal.SIGKILL)
+    assert run.wait(10) == -signal.SIGKILL
+    try:
+        wait_until(lambda: not any(is_running(pid) for pid in children), what="every stage to exit")
+    finally:
+        for pid in children:
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+    got = barcodes(out)
+    assert 10 <= len(got) <= 120 and got == list(range(len(got)))
+    assert masks_written(tmp_path) == len(got)
+    assert no_partials(tmp_path) == []
+
+
+# -- outputs readable like any file the user writes -------------------------------------------------------------
+def test_outputs_get_default_permissions_not_the_temporary_files_0600(tmp_path, procs):
+    out, masks = tmp_path / "out.mp4", tmp_path / "masks"
+    n = 3
+    fake = FakeSource()
+    try:
+        sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--output", str(out), "--masks", str(masks), *FAST)
+        fake.recv(kinds=("hello",), alive=(sink,))
+        fake.send("info", stream=0, streams=1, width=96, height=64, fps=[25, 1], frames=n, source="fake", audio=None, mode="lossless")
+        for i in range(n):
+            fake.send("frame", barcode_frame(i, 64, 96), stream=0, seq=i, pts=i / 25)
+            fake.send("mask", np.zeros((64, 96), np.uint8), stream=0, seq=i)
+        fake.send("eos", stream=0, frames=n, lost=0, dropped=0)
+        assert sink.wait(30) == 0, sink.text()
+    finally:
+        fake.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~umask)
+    assert oct(masks.stat().st_mode & 0o777) == oct(0o777 & ~umask)
