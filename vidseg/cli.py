@@ -452,8 +452,14 @@ def train(verbose: int, quiet: bool, **kw) -> None:
     from .train import train as run_training
 
     _setup_logging("train", verbose, quiet)
-    result = run_training(progress=not quiet, **kw)
-    click.echo(f"{kw['out']}: {result}")
+    try:
+        result = run_training(progress=not quiet, **kw)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    click.echo(
+        f"{result['out']}: {result['step']} steps, loss {result['loss']:.4f}, {result['wall_s']:.0f} s, sha256 {result['sha256']}"
+        f" — use it with: vidseg run --weights {result['out']}"
+    )
 
 
 @cli.command()

@@ -1,0 +1,72 @@
+"""Segmentation metrics: confusion matrix, per-class IoU, a printable table.
+
+Numpy only (no torch), so evaluation code and tests can use it anywhere.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["confusion_matrix", "iou_from_confusion", "format_table"]
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[t, p]`` = number of pixels of true class ``t`` predicted as ``p``.
+
+    ``pred`` and ``target`` are integer label arrays of the same shape (any
+    number of dimensions, e.g. a stack of masks).  Target pixels outside
+    ``[0, num_classes)`` (such as a 255 "void" label) are ignored; a prediction
+    outside that range is a ValueError, since a model cannot emit it.
+    Returns an int64 ``(num_classes, num_classes)`` array.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+    p = pred.ravel().astype(np.int64, copy=False)
+    t = target.ravel().astype(np.int64, copy=False)
+    valid = (t >= 0) & (t < num_classes)
+    p, t = p[valid], t[valid]
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        bad = int(p.min()) if p.min() < 0 else int(p.max())
+        raise ValueError(f"prediction holds class id {bad}, outside 0..{num_classes - 1}")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(cm: np.ndarray) -> tuple[float, np.ndarray]:
+    """Per-class IoU ``tp / (tp + fp + fn)`` and their mean.
+
+    A class absent from both prediction and target (its row and column are all
+    zero) has no defined IoU: it is reported as NaN and left out of the mean.
+    The mean is NaN only when every class is absent.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_class = np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
+    present = ~np.isnan(per_class)
+    miou = float(per_class[present].mean()) if present.any() else math.nan
+    return miou, per_class
+
+
+def format_table(per_class: Sequence[float] | np.ndarray, class_names: Sequence[str]) -> str:
+    """A two-column text table of per-class IoU plus the mean; NaN shows as ``n/a``."""
+    vals = np.asarray(per_class, dtype=np.float64)
+    if len(vals) != len(class_names):
+        raise ValueError(f"{len(vals)} IoU values but {len(class_names)} class names")
+    width = max([len("mean"), len("class")] + [len(str(n)) for n in class_names])
+    lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
+    for name, v in zip(class_names, vals):
+        lines.append(f"{name:<{width}}  {'n/a' if math.isnan(v) else f'{v:.4f}'}")
+    present = vals[~np.isnan(vals)]
+    mean = f"{present.mean():.4f}" if present.size else "n/a"
+    lines.append(f"{'-' * width}  ------")
+    lines.append(f"{'mean':<{width}}  {mean}")
+    return "\n".join(lines)
