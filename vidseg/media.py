@@ -320,7 +320,7 @@ def open_source(uri: str, *, fps: float | None = None) -> FrameReader:
     return FileReader(uri)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -466,7 +466,7 @@ class VideoWriter:
             self._c.close()
             if self._audio_in is not None:
                 self._audio_in.close()
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it private
+            os.chmod(self._tmp, 0o666 & ~current_umask())  # mkstemp made it private
         except BaseException:
             self.abort()  # never leave a half-written partial file behind
             raise

@@ -42,6 +42,27 @@ def connect(sock: zmq.Socket, endpoint: str) -> None:
         raise TransportError(f"cannot connect to {endpoint} ({e.strerror}); check the address") from None
 
 
+def dealer(endpoint: str, *, linger: int, curve_secret: str | None = None, curve_server_key: str | None = None) -> zmq.Socket:
+    """The DEALER a worker or sink uses to reach the source: unbounded HWMs (the source's
+    credits and window bound the traffic), optional CURVE, connected."""
+    from .errors import InputError
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, linger)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    try:
+        if curve_secret or curve_server_key:
+            if not (curve_secret and curve_server_key):
+                raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
+            curve_client(sock, curve_secret, curve_server_key)
+        connect(sock, endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 def send(sock: zmq.Socket, parts: list, *, identity: bytes | None = None) -> None:
     """Send without copying the pixel buffer."""
     if identity is not None:

@@ -23,8 +23,8 @@ import zmq
 from ..composite import Compositor, make_palette
 from ..config import FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError, WireError
-from ..media import VideoWriter, check_output_path
-from ..transport import connect, curve_client, ignore_signals, install_drain_handlers, recv, send_msg
+from ..media import VideoWriter, current_umask, check_output_path
+from ..transport import dealer, ignore_signals, install_drain_handlers, recv, send_msg
 
 log = logging.getLogger("vidseg.sink")
 
@@ -124,16 +124,8 @@ class SinkStage:
         self.out = out
         self.flow = flow
         self.preview = preview
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = endpoint
-        if curve_secret or curve_server_key:
-            if not (curve_secret and curve_server_key):
-                raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
-            curve_client(self.sock, curve_secret, curve_server_key)
-        connect(self.sock, endpoint)
+        self.sock = dealer(endpoint, linger=2000, curve_secret=curve_secret, curve_server_key=curve_server_key)
         self.malformed = 0
         # Open the preview window now so a machine without a display fails before any work.
         self._window = _Preview("vidseg") if preview else None
@@ -334,12 +326,6 @@ class _Out:
         )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -375,7 +361,7 @@ class MaskWriter:
         if keep:
             if self.path.exists():
                 self.path.rmdir()  # checked empty at start
-            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp made it private
+            os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp made it private
             os.replace(self.tmp, self.path)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import zmq
 
 from ..config import FlowConfig
-from ..errors import InputError, TransportError, WireError
-from ..transport import connect, curve_client, install_drain_handlers, recv, send, send_msg
+from ..errors import TransportError, WireError
+from ..transport import dealer, install_drain_handlers, recv, send, send_msg
 from ..wire import pack
 from .infer import Segmenter
 
@@ -42,16 +42,8 @@ class WorkerStage:
         self.flow = flow
         self.persist = persist
         self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = endpoint
-        if curve_secret or curve_server_key:
-            if not (curve_secret and curve_server_key):
-                raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
-            curve_client(self.sock, curve_secret, curve_server_key)
-        connect(self.sock, endpoint)
+        self.sock = dealer(endpoint, linger=1000, curve_secret=curve_secret, curve_server_key=curve_server_key)
         self._in: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
         # The inference thread wakes the poller through an inproc pair instead of a busy poll.
