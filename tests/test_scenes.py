@@ -384,3 +384,23 @@ def test_write_scene_failure_leaves_no_temp_files(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_scene(SMALL, tmp_path / "v.mp4", tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_class_hues_put_each_class_in_its_own_hue_band():
+    import cv2
+
+    from vidseg.scenes import _CLASS_HUE
+
+    cfg = SceneConfig(seed=5, num_frames=4, class_hues=True, distractors=0, lighting=0.0, noise=0.0, camera_motion=0.0)
+    frame, mask = next(iter(generate_scene(cfg)))
+    hsv = cv2.cvtColor(frame, cv2.COLOR_BGR2HSV)
+    checked = 0
+    for cls in range(1, len(_CLASS_HUE)):
+        sel = (mask == cls) & (hsv[..., 1] > 150)  # saturated pixels: the class's main colour
+        if sel.sum() < 50:
+            continue
+        checked += 1
+        hue = hsv[..., 0][sel].astype(float)
+        d = np.abs(((hue - _CLASS_HUE[cls]) + 90) % 180 - 90)  # circular distance
+        assert np.median(d) < 15, (cls, np.median(d))
+    assert checked >= 3

@@ -119,6 +119,9 @@ class SceneConfig:
     lighting: float = 1.0
     noise: float = 3.0
     flat_objects: bool = False
+    # Each class's main colour from its own hue band: an easier domain, learnable by a tiny
+    # CPU-trained model in minutes (the shipped demo weights and the demo clip use it).
+    class_hues: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.width, int) and isinstance(self.height, int)):
@@ -184,11 +187,21 @@ def _hsv_to_bgr(h: float, s: float, v: float) -> np.ndarray:
     return cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0] * 255.0
 
 
-def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two contrasting colours (BGR float, 0..255) from one shared distribution."""
-    h1 = rng.uniform(0, 180)
-    s1 = rng.uniform(0.35, 1.0)
-    v1 = rng.uniform(0.45, 1.0)
+#: Hue band centres (OpenCV 0..180) per object class when ``class_hues`` is on.
+_CLASS_HUE = (0.0, 0.0, 60.0, 25.0, 110.0, 145.0)
+
+
+def _colour_pair(rng: np.random.Generator, hue: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two contrasting colours (BGR float, 0..255): from one shared distribution, or
+    with the first colour in a band around ``hue``."""
+    if hue is None:
+        h1 = rng.uniform(0, 180)
+        s1 = rng.uniform(0.35, 1.0)
+        v1 = rng.uniform(0.45, 1.0)
+    else:
+        h1 = (hue + rng.uniform(-7, 7)) % 180
+        s1 = rng.uniform(0.75, 1.0)
+        v1 = rng.uniform(0.65, 1.0)
     h2 = h1 + rng.uniform(25, 155)
     s2 = rng.uniform(0.25, 1.0)
     dv = rng.uniform(0.25, 0.5)
@@ -200,13 +213,13 @@ def _smoothstep_sharp(w: np.ndarray, k: float = 3.0) -> np.ndarray:
     return np.clip((w - 0.5) * k + 0.5, 0.0, 1.0)
 
 
-def _make_texture(rng: np.random.Generator, family: str, size: int, scale: float) -> np.ndarray:
+def _make_texture(rng: np.random.Generator, family: str, size: int, scale: float, hue: float | None = None) -> np.ndarray:
     """A ``size`` x ``size`` BGR uint8 texture tile of ``family``.
 
     ``scale`` is tile pixels per view pixel, so pattern periods are given in
     view pixels.  Colours and pattern parameters vary per call (per instance).
     """
-    c1, c2 = _colour_pair(rng)
+    c1, c2 = _colour_pair(rng, hue)
     half = (size - 1) / 2.0
     ax = (np.arange(size, dtype=np.float32) - half) / scale
     u = ax[None, :]
@@ -430,7 +443,7 @@ class Scene:
             s_amp = rng.uniform(0.0, 0.1)
             # Texture tile covers the shape (oversampled; reflected beyond its edge).
             tsize = int(math.ceil(2 * ext * _TILE_OVERSAMPLE)) + 4
-            tile = _make_texture(rng, _CLASS_TEXTURE[cls], tsize, _TILE_OVERSAMPLE)
+            tile = _make_texture(rng, _CLASS_TEXTURE[cls], tsize, _TILE_OVERSAMPLE, _CLASS_HUE[cls] if self.cfg.class_hues else None)
             speed = rng.uniform(0.8, 3.2) * cfg.object_speed * speed_unit
             ang = rng.uniform(0, 2 * np.pi)
             vel = speed * np.array([math.cos(ang), math.sin(ang)])
