@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,17 +70,19 @@ def run_pipeline(clip: Path, out: Path, model_args: list[str]) -> dict:
     base = [sys.executable, "-m", "vidseg"]
     threads = str(os.cpu_count() or 1)
     t0 = time.perf_counter()
+    err = subprocess.PIPE
     procs = {
-        "source": subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "-q"]),
-        "worker": subprocess.Popen(base + ["worker", "--connect", ep, "--threads", threads, *model_args, "-q"]),
-        "sink": subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out), "-q"]),
+        "source": subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep], stderr=err, text=True),
+        "worker": subprocess.Popen(base + ["worker", "--connect", ep, "--threads", threads, *model_args], stderr=err, text=True),
+        "sink": subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out)], stderr=err, text=True),
     }
     res = {}
     for name, p in procs.items():
-        rc, rss = _wait(p)
-        if rc != 0:
-            raise SystemExit(f"{name} failed with exit code {rc}")
-        res[f"{name}_peak_rss_mib"] = rss
+        log = p.communicate(timeout=3600)[1]
+        if p.returncode != 0:
+            raise SystemExit(f"{name} failed with exit code {p.returncode}: {log[-1000:]}")
+        # Each stage reports its own peak RSS (getrusage RUSAGE_SELF) in its last log line.
+        res[f"{name}_peak_rss_mib"] = float(re.findall(r"peak RSS (\d+) MiB", log)[-1])
     res["seconds"] = time.perf_counter() - t0
     return res
 

@@ -107,6 +107,13 @@ def _output_cfg(kw: dict) -> OutputConfig:
     return OutputConfig(output=tuple(kw.get("output") or ()), masks=tuple(kw.get("masks") or ()), alpha=kw["alpha"], crf=kw["crf"], preset=kw["preset"])
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _setup_logging(role: str, verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format=f"[{role}] %(message)s", stream=sys.stderr, force=True)
@@ -194,7 +201,7 @@ def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
         log.info("stream %d done: %d frames sent, %d lost to decoding, %d dropped (live)", sid, n, res.lost[sid], res.dropped[sid])
-    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped", res.redispatched, res.malformed)
+    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped; peak RSS %.0f MiB", res.redispatched, res.malformed, _peak_rss_mib())
 
 
 @cli.command()
@@ -229,7 +236,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wa
         res = stage.run()
     finally:
         stage.close()
-    log.info("done: %d frames", res.frames)
+    log.info("done: %d frames; peak RSS %.0f MiB", res.frames, _peak_rss_mib())
 
 
 @cli.command()
@@ -257,7 +264,7 @@ def sink(endpoint: str, preview: bool | None, curve_secret: str | None, curve_se
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
         drops = f", {r.dropped} stale frame(s) dropped (live)" if r.dropped else ""
         log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
-    log.info("%d frames in %.2f s (%.1f frames/s)", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9))
+    log.info("%d frames in %.2f s (%.1f frames/s); peak RSS %.0f MiB", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), _peak_rss_mib())
     if res.lost:
         where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(
