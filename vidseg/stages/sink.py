@@ -256,7 +256,8 @@ class _Out:
         self.expected: int | None = None
         self.lost = self.dropped = 0
         self.error: str | None = None
-        self.latencies: list[float] = []  # bounded: trimmed to the most recent
+        self.latencies = np.zeros(8192)  # a ring of the most recent: memory stays flat in long runs
+        self.n_latencies = 0
         self._t_read: dict[int, float] = {}
         self.output: str | None = None
         self.masks_dir: str | None = None
@@ -292,9 +293,8 @@ class _Out:
                 self.masks.write(seq, mask)
             t_read = self._t_read.pop(seq, None)
             if t_read is not None:
-                self.latencies.append(time.time() - t_read)
-                if len(self.latencies) > 100_000:
-                    del self.latencies[:50_000]
+                self.latencies[self.n_latencies % len(self.latencies)] = time.time() - t_read
+                self.n_latencies += 1
 
     def progress(self, seconds: float) -> str:
         total = f"/{self.expected}" if self.expected is not None else (f"/~{self.announced}" if self.announced else "")
@@ -318,7 +318,7 @@ class _Out:
             self.masks = None
 
     def result(self) -> StreamResult:
-        lat = np.asarray(self.latencies) if self.latencies else None
+        lat = self.latencies[: min(self.n_latencies, len(self.latencies))] if self.n_latencies else None
         return StreamResult(
             self.buf.next, self.expected or 0, self.lost, self.dropped, self.output, self.masks_dir, self.error,
             float(np.percentile(lat, 50)) if lat is not None else None,
