@@ -150,11 +150,16 @@ def _scene_samples(rng: np.random.Generator, n: int, per_scene: int = 2) -> list
 
 
 def _augment(
-    img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, input_size: int, crop: int
+    img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, input_size: int, crop: int, augment: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scale to the inference size (times a random factor), crop, flip, jitter. BGR uint8 in and out."""
+    """Scale to the inference size (times a random factor), crop, flip, jitter. BGR uint8 in and out.
+
+    With ``augment=False`` only the resize to the inference scale and the crop remain.
+    """
     H, W = img.shape[:2]
-    s = input_size / max(H, W) * math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
+    s = input_size / max(H, W)
+    if augment:
+        s *= math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
     h, w = max(8, int(round(H * s))), max(8, int(round(W * s)))
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -167,6 +172,8 @@ def _augment(
     x = int(rng.integers(0, w - crop + 1))
     img = img[y : y + crop, x : x + crop]
     mask = mask[y : y + crop, x : x + crop]
+    if not augment:
+        return np.ascontiguousarray(img), np.ascontiguousarray(mask)
     if rng.random() < 0.5:
         img, mask = img[:, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
@@ -293,6 +300,7 @@ def train(
     checkpoint_every: int = 100,
     progress: bool = True,
     crop: int | None = None,
+    augment: bool = True,
     aux: bool = True,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
@@ -307,7 +315,9 @@ def train(
     Data: generated scenes (seeds in :data:`TRAIN_SEEDS`) when ``data`` is None,
     else a folder with ``images/*.png|jpg`` and same-stem ``masks/*.png`` class-id
     masks.  Each step draws ``batch`` random ``crop`` x ``crop`` crops (default
-    ``0.6 * input_size``) at the inference scale times a random factor.  AdamW,
+    ``0.6 * input_size``) at the inference scale times a random factor, then
+    flips, colour jitter, noise, blur and JPEG artefacts (``augment=False``:
+    resize and crop only).  AdamW,
     linear warm-up then cosine decay of ``lr``; cross-entropy, plus 0.4 x the
     auxiliary head's loss when ``aux``.  Every ``checkpoint_every`` steps (and at
     the end, or on Ctrl-C) ``out`` is rewritten atomically, with the optimizer,
@@ -361,7 +371,7 @@ def train(
     )
     run_config = {
         "model": model, "backbone": backbone, "width_mult": float(width_mult), "input_size": int(input_size),
-        "batch": int(batch), "crop": crop, "aux": bool(aux), "num_classes": num_classes,
+        "batch": int(batch), "crop": crop, "augment": bool(augment), "aux": bool(aux), "num_classes": num_classes,
         "data": None if data is None else str(Path(data).resolve()), "arch": json.dumps(arch, sort_keys=True),
     }
 
@@ -405,7 +415,7 @@ def train(
                 raw = (
                     [folder.sample(rng) for _ in range(batch)] if folder is not None else _scene_samples(rng, batch)
                 )
-                pairs = [_augment(i, m, rng, input_size=input_size, crop=crop) for i, m in raw]
+                pairs = [_augment(i, m, rng, input_size=input_size, crop=crop, augment=augment) for i, m in raw]
                 x = torch.from_numpy(_to_tensor_batch([p[0] for p in pairs], card.preprocess))
                 y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
                 cur_lr = _lr_at(step, steps, lr)
@@ -466,7 +476,8 @@ def _load_state(path: Path, run_config: dict, net, opt, rng: np.random.Generator
     if not isinstance(st, dict) or st.get("vidseg_train_state") != _STATE_VERSION:
         raise InputError(f"{path} is not a vidseg training-state file; delete it to start over")
     old = st["config"]
-    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in run_config.items() if old.get(k) != v]
+    # A key the state lacks was added to vidseg later; it held its default then.
+    diff = [f"{k}: {old[k]!r} -> {v!r}" for k, v in run_config.items() if k in old and old[k] != v]
     if diff:
         raise InputError(f"cannot resume from {path}: the run's settings changed ({'; '.join(diff)}); use the same settings or drop resume")
     net.load_state_dict(st["model"])

@@ -1,0 +1,262 @@
+"""Training loop, checkpoints/resume, the user-folder dataset, metrics, and the shipped demo cards."""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vidseg.config import ModelConfig
+from vidseg.errors import InputError
+from vidseg.metrics import confusion_matrix, format_table, iou_from_confusion
+from vidseg.scenes import CLASS_NAMES, PALETTE, SceneConfig, generate_scene
+from vidseg.stages.infer import Segmenter, load_model
+from vidseg.train import DEMO_SEED, EVAL_SEED, TRAIN_SEEDS, card_to_toml, state_path, train
+from vidseg.zoo import ModelCard, Preprocess, read_card_file, read_checkpoint, sha256_file, zoo_cards
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEMO_MODELS = ("ccnet-demo", "deeplabv3plus-demo")
+
+# Tiny and quick: 1 thread (the suite shares 2 cores), 1/8 width, 64 px inputs.
+TINY = dict(backbone="mobilenetv2", width_mult=0.125, input_size=64, batch=2, seed=3, progress=False, threads=1)
+
+
+def write_pairs(root: Path, n: int = 3, *, size: tuple[int, int] = (64, 48), seed: int = 11) -> Path:
+    """``root/images/*.png`` + ``root/masks/*.png`` from a generated scene."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cfg = SceneConfig(width=size[0], height=size[1], seed=seed, num_frames=n, object_size=(0.2, 0.3))
+    for i, (frame, mask) in enumerate(generate_scene(cfg)):
+        cv2.imwrite(str(root / "images" / f"f{i}.png"), frame)
+        cv2.imwrite(str(root / "masks" / f"f{i}.png"), mask)
+    return root
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_confusion_matrix_by_hand():
+    target = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 0, 2]])
+    cm = confusion_matrix(pred, target, 4)
+    # rows: truth, cols: prediction; the 255 pixel is ignored
+    expected = np.zeros((4, 4), np.int64)
+    expected[0, 0] = 1
+    expected[0, 1] = 1
+    expected[1, 1] = 2
+    expected[2, 0] = 1
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64
+
+
+def test_iou_by_hand_with_absent_class():
+    cm = confusion_matrix(np.array([[0, 1, 1], [1, 0, 2]]), np.array([[0, 0, 1], [1, 2, 255]]), 4)
+    miou, per = iou_from_confusion(cm)
+    # class 0: tp 1, fp 1 (2->0), fn 1 (0->1) -> 1/3; class 1: tp 2, fp 1 -> 2/3;
+    # class 2: tp 0, fn 1 -> 0; class 3: absent everywhere -> NaN, not in the mean
+    assert per[0] == pytest.approx(1 / 3)
+    assert per[1] == pytest.approx(2 / 3)
+    assert per[2] == 0.0
+    assert math.isnan(per[3])
+    assert miou == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+
+
+def test_iou_perfect_and_all_absent():
+    t = np.array([0, 0, 2, 2])
+    miou, per = iou_from_confusion(confusion_matrix(t, t, 3))
+    assert miou == 1.0 and math.isnan(per[1])
+    miou, per = iou_from_confusion(np.zeros((3, 3), np.int64))
+    assert math.isnan(miou) and np.isnan(per).all()
+
+
+def test_confusion_matrix_rejects_bad_input():
+    with pytest.raises(ValueError, match="shapes differ"):
+        confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match="class id 5"):
+        confusion_matrix(np.array([5]), np.array([0]), 2)
+
+
+def test_format_table():
+    text = format_table([0.5, float("nan"), 1.0], ["background", "disc", "box"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["class", "IoU"]
+    assert "background  0.5000" in text and "disc" in text and "n/a" in text
+    assert lines[-1].split() == ["mean", "0.7500"]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_seed_ranges_are_disjoint():
+    assert DEMO_SEED not in TRAIN_SEEDS and EVAL_SEED not in TRAIN_SEEDS
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path):
+    data = write_pairs(tmp_path / "one", n=1)
+    # One image, no augmentation, the crop covers the whole (padded) image: the same batch every step.
+    res = train(model="deeplabv3plus", steps=20, lr=1e-2, out=str(tmp_path / "m.pt"), data=str(data),
+                crop=64, augment=False, **TINY)
+    losses = res["losses"]
+    assert len(losses) == 20
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_checkpoint_loads_with_its_card(tmp_path):
+    out = tmp_path / "tiny.pt"
+    res = train(model="ccnet", steps=3, lr=1e-3, out=str(out), checkpoint_every=2, **TINY)
+    assert res["step"] == 3 and res["sha256"] == sha256_file(out)
+    ck = read_checkpoint(out)
+    assert ck["vidseg_checkpoint"] == 1
+    assert not any("dsn" in k for k in ck["state_dict"])  # the aux head is training-only
+    model, card = load_model(ModelConfig(model="ccnet", weights=str(out)))
+    assert card == ModelCard.from_dict(res["card"])
+    assert card.name == "tiny" and card.architecture == "ccnet" and card.backbone == "mobilenetv2"
+    assert card.input_size == 64 and card.arch == {"width_mult": 0.125}
+    assert card.class_names == CLASS_NAMES and card.palette == tuple(map(tuple, PALETTE.tolist()))
+    assert card.preprocess == Preprocess() and card.align_corners is False
+    assert "ccnet" in card.description and "steps" in card.description
+    frame = next(generate_scene(SceneConfig(width=96, height=64, num_frames=1)))[0]
+    (mask,) = Segmenter(model, card, device="cpu")([frame])
+    assert mask.shape == (64, 96) and mask.dtype == np.uint8 and mask.max() < 6
+
+
+def test_arch_kwargs_go_to_the_card(tmp_path):
+    res = train(model="deeplabv3plus", steps=1, lr=1e-3, out=str(tmp_path / "d.pt"), decoder_convs=1, **TINY)
+    assert res["card"]["arch"] == {"width_mult": 0.125, "decoder_convs": 1}
+    model, card = load_model(ModelConfig(weights=str(tmp_path / "d.pt")))
+    assert card.arch["decoder_convs"] == 1
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    kw = dict(model="deeplabv3plus", steps=8, lr=1e-3, checkpoint_every=4, **TINY)
+    full = train(out=str(tmp_path / "a.pt"), **kw)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(info):
+        if info["step"] == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(out=str(tmp_path / "b.pt"), callback=crash_at_6, **kw)
+    assert torch.load(state_path(tmp_path / "b.pt"), weights_only=True)["step"] == 4
+    res = train(out=str(tmp_path / "b.pt"), resume=True, **kw)
+    assert res["resumed_from"] == 4 and res["step"] == 8 and len(res["losses"]) == 4
+    a = torch.load(state_path(tmp_path / "a.pt"), weights_only=True)
+    b = torch.load(state_path(tmp_path / "b.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 8
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert float(sa[k]["step"]) == float(sb[k]["step"]) == 8
+        torch.testing.assert_close(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=1e-4, atol=1e-5)
+    assert full["losses"][4:] == pytest.approx(res["losses"], rel=1e-4)
+    assert a["numpy_rng"] == b["numpy_rng"]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    out = str(tmp_path / "c.pt")
+    train(model="deeplabv3plus", steps=1, lr=1e-3, out=out, **TINY)
+    with pytest.raises(InputError, match="width_mult"):
+        train(model="deeplabv3plus", steps=2, lr=1e-3, out=out, resume=True, **{**TINY, "width_mult": 0.25})
+
+
+def test_user_folder_trains(tmp_path):
+    data = write_pairs(tmp_path / "data", n=3)
+    res = train(model="deeplabv3plus", steps=2, lr=1e-3, out=str(tmp_path / "f.pt"), data=str(data), **TINY)
+    assert res["step"] == 2 and "folder" in res["card"]["description"]
+    load_model(ModelConfig(weights=str(tmp_path / "f.pt")))
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("empty", "no images"),
+        ("no_masks_dir", "images/ and masks/"),
+        ("missing_mask", "have no mask"),
+        ("size", "but its mask"),
+        ("class_id", "class id 9"),
+        ("rgb_mask", "single-channel"),
+        ("unreadable", "cannot read image"),
+    ],
+)
+def test_user_folder_bad_inputs(tmp_path, breakage, message):
+    data = write_pairs(tmp_path / "data", n=2)
+    if breakage == "empty":
+        for p in (data / "images").iterdir():
+            p.unlink()
+    elif breakage == "no_masks_dir":
+        for p in (data / "masks").iterdir():
+            p.unlink()
+        (data / "masks").rmdir()
+    elif breakage == "missing_mask":
+        (data / "masks" / "f1.png").unlink()
+    elif breakage == "size":
+        cv2.imwrite(str(data / "masks" / "f1.png"), np.zeros((10, 10), np.uint8))
+    elif breakage == "class_id":
+        m = np.zeros((48, 64), np.uint8)
+        m[3, 3] = 9
+        cv2.imwrite(str(data / "masks" / "f0.png"), m)
+    elif breakage == "rgb_mask":
+        cv2.imwrite(str(data / "masks" / "f0.png"), np.zeros((48, 64, 3), np.uint8))
+    elif breakage == "unreadable":
+        (data / "images" / "f0.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=message):
+        train(model="deeplabv3plus", steps=1, lr=1e-3, out=str(tmp_path / "x.pt"), data=str(data), **TINY)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        train(model="deeplabv3plus", steps=1, lr=1e-3, out=str(tmp_path / "x.pt"), data=str(tmp_path / "nope"), **TINY)
+
+
+def test_card_toml_round_trip(tmp_path):
+    card = ModelCard(name="t", architecture="ccnet", backbone="mobilenetv2", num_classes=6,
+                     class_names=CLASS_NAMES, palette=tuple(map(tuple, PALETTE.tolist())), input_size=320,
+                     arch={"width_mult": 0.5, "output_stride": 8}, weights="t.pt", sha256="ab" * 32,
+                     description='quotes " and \\ survive')
+    p = tmp_path / "t.toml"
+    p.write_text(card_to_toml(card))
+    assert read_card_file(p) == card
+
+
+# --------------------------------------------------------------------------- shipped demo models
+
+
+@pytest.mark.parametrize("name", DEMO_MODELS)
+def test_shipped_card_matches_its_weights(name):
+    cards = zoo_cards()
+    assert name in cards, f"models/{name}.toml missing from the zoo"
+    card, folder = cards[name]
+    toml_path = MODELS_DIR / f"{name}.toml"
+    with open(toml_path, "rb") as fh:
+        raw = tomllib.load(fh)
+    assert set(raw) == set(card.to_dict()), "the TOML holds exactly ModelCard.to_dict()'s fields"
+    weights = folder / card.weights
+    assert weights.is_file() and weights.parent == folder
+    assert sha256_file(weights) == card.sha256
+    assert weights.stat().st_size < 10 * 2**20
+    assert card.class_names == CLASS_NAMES and card.num_classes == len(CLASS_NAMES)
+    assert card.preprocess == Preprocess() and card.input_size == 320
+    # the checkpoint's own card agrees with the TOML (bar weights/sha256, which only the TOML knows)
+    inner = ModelCard.from_dict(read_checkpoint(weights)["card"])
+    assert replace(inner, name=card.name, weights=card.weights, sha256=card.sha256) == card
+
+
+@pytest.mark.parametrize("name", DEMO_MODELS)
+def test_shipped_model_loads(name):
+    model, card = load_model(ModelConfig(model=name))
+    assert card.name == name and card.architecture == name.removesuffix("-demo")
+    assert not model.training
+    frame = next(generate_scene(SceneConfig(num_frames=1, seed=5)))[0]
+    (mask,) = Segmenter(model, card, device="cpu")([frame])
+    assert mask.shape == (240, 320)
