@@ -471,3 +471,69 @@ def test_deeplab_resnet_backbone_and_aux_match_torchvision_deeplabv3():
     aspp = {k[len("classifier.0."):]: s for k, s in ref.items() if k.startswith("classifier.0.")}
     ours = {k[len("classifier.aspp."):]: s for k, s in shapes(model).items() if k.startswith("classifier.aspp.")}
     assert ours == aspp
+
+
+# ------------------------------------------------------------- DeepLabV3 (torchvision layout)
+
+V3_BACKBONES = ("mobilenetv3", "resnet50", "mobilenetv2")
+
+
+@pytest.mark.parametrize("backbone", V3_BACKBONES)
+def test_deeplabv3_awkward_sizes_batches_and_aux(backbone):
+    model = tiny("deeplabv3", backbone).eval()
+    with torch.no_grad():
+        for b, h, w in SIZES:
+            out = model(torch.randn(b, 3, h, w))
+            assert out.shape == (b, 5, h, w) and torch.isfinite(out).all()
+    model = tiny("deeplabv3", backbone, aux=True).train()
+    main, aux = model(torch.randn(2, 3, 31, 45))
+    assert main.shape == aux.shape == (2, 5, 31, 45)
+    (main.mean() + 0.4 * aux.mean()).backward()
+
+
+@pytest.mark.parametrize("stem, tsv_name", [("resnet50", "torchvision-deeplabv3_resnet50-c21-aux.tsv"),
+                                            ("resnet101", "torchvision-deeplabv3_resnet101-c21-aux.tsv"),
+                                            ("mobilenetv3", "torchvision-deeplabv3_mobilenet_v3_large-c21-aux.tsv")])
+def test_deeplabv3_matches_torchvision_keys_exactly(stem, tsv_name):
+    with torch.device("meta"):
+        model = build_model("deeplabv3", backbone=stem, num_classes=21, aux=True)
+    assert shapes(model) == tsv(tsv_name)
+
+
+def test_deeplabv3_strides_and_defaults():
+    x = torch.randn(1, 3, 64, 96)
+    seen = {}
+    for backbone, expect in (("resnet50", (8, 12)), ("mobilenetv3", (4, 6))):
+        model = tiny("deeplabv3", backbone).eval()
+        h = model.classifier[0].register_forward_pre_hook(lambda m, a, b=backbone: seen.__setitem__(b, a[0].shape[-2:]))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        assert tuple(seen[backbone]) == expect  # torchvision: ResNets at OS8, MobileNetV3 at OS16
+        assert model.classifier[0].rates == (12, 24, 36)
+    mb = build_model("deeplabv3", num_classes=21)
+    assert get_spec("deeplabv3").default_backbone == "mobilenetv3"
+    # torchvision's MobileNetV3 BNs use eps 0.001; its dilated last stage has stride-1 depthwise convs.
+    assert {m.eps for m in mb.backbone.modules() if isinstance(m, nn.BatchNorm2d)} == {0.001}
+    assert mb.backbone[13].block[1][0].dilation == (2, 2) and mb.backbone[13].block[1][0].stride == (1, 1)
+    assert not mb.backbone[13].use_res_connect and mb.backbone[14].use_res_connect
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model("deeplabv3", backbone="mobilenetv3", output_stride=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_deeplabv3_mobilenetv3_low_precision(dtype):
+    model = tiny("deeplabv3", "mobilenetv3", width_mult=0.5, num_classes=7).eval()
+    x = torch.randn(2, 3, 48, 64)
+    low = copy.deepcopy(model).to(dtype)
+    try:
+        with torch.no_grad():
+            out = low(x.to(dtype))
+    except RuntimeError as e:  # some CPU builds have no float16 convolution
+        if "not implemented" in str(e).lower():
+            pytest.skip(f"{dtype} not supported here: {e}")
+        raise
+    with torch.no_grad():
+        ref = model(x)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.85

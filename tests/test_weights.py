@@ -43,15 +43,14 @@ CASES = {
     "vainf-deeplabv3plus_resnet50-c19": ("vainf", "deeplabv3plus", "resnet50", 19, True),
     "vainf-deeplabv3plus_resnet101-c19": ("vainf", "deeplabv3plus", "resnet101", 19, True),
     "vainf-deeplabv3plus_mobilenet-c19": ("vainf", "deeplabv3plus", "mobilenetv2", 19, True),
-    "vainf-deeplabv3plus_xception-c19": ("vainf", None, None, 19, False),
+    "vainf-deeplabv3plus_xception-c19": ("vainf", "deeplabv3plus", "xception-legacy", 19, True),
     "bubbliiiing-deeplabv3plus-mobilenet-c21": ("bubbliiiing", "deeplabv3plus", "mobilenetv2", 21, True),
     "bubbliiiing-deeplabv3plus-xception-c21": ("bubbliiiing", "deeplabv3plus", "xception", 21, True),
-    "torchvision-deeplabv3_resnet50-c21-aux": ("torchvision", None, None, 21, False),
-    "torchvision-deeplabv3_resnet101-c21-aux": ("torchvision", None, None, 21, False),
-    "torchvision-deeplabv3_mobilenet_v3_large-c21-aux": ("torchvision", None, None, 21, False),
+    "torchvision-deeplabv3_resnet50-c21-aux": ("torchvision", "deeplabv3", "resnet50", 21, True),
+    "torchvision-deeplabv3_resnet101-c21-aux": ("torchvision", "deeplabv3", "resnet101", 21, True),
+    "torchvision-deeplabv3_mobilenet_v3_large-c21-aux": ("torchvision", "deeplabv3", "mobilenetv3", 21, True),
 }
 IMPORTED = [k for k, v in CASES.items() if v[4]]
-UNSUPPORTED = [k for k, v in CASES.items() if not v[4]]
 MMSEG_CLASSES = tuple(f"thing{i}" for i in range(19))  # carried by the r101 file's meta
 
 
@@ -202,6 +201,8 @@ def test_import_then_load_strictly_and_run(imported, stem):
         ("mmseg-ccnet_r50-d8-c19-replica", "RGB", 1.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
         ("vainf-deeplabv3plus_mobilenet-c19", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
         ("bubbliiiing-deeplabv3plus-mobilenet-c21", "RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
+        ("torchvision-deeplabv3_mobilenet_v3_large-c21-aux", "RGB", 1 / 255, (0.485, 0.456, 0.406),
+         (0.229, 0.224, 0.225), False),
     ],
 )
 def test_card_records_source_preprocessing(imported, stem, order, scale, mean, std, align):
@@ -220,7 +221,10 @@ def test_card_arch_kwargs(imported):
     assert imported("vainf-deeplabv3plus_resnet50-c19")[2].arch == {
         "stem": "torchvision", "decoder_convs": 1, "output_stride": 16}
     assert imported("bubbliiiing-deeplabv3plus-xception-c21")[2].arch == {"decoder_convs": 2, "output_stride": 16}
-    assert "approximate" in imported("vainf-deeplabv3plus_mobilenet-c19")[2].description
+    assert imported("torchvision-deeplabv3_resnet50-c21-aux")[2].arch == {"stem": "torchvision", "output_stride": 8}
+    assert imported("torchvision-deeplabv3_mobilenet_v3_large-c21-aux")[2].arch == {"output_stride": 16}
+    assert imported("vainf-deeplabv3plus_mobilenet-c19")[2].arch == {
+        "backbone_padding": "input", "decoder_convs": 1, "output_stride": 16}
     # mmseg meta carries the class names of the dataset it was trained on
     assert imported("mmseg-ccnet_r101-d8-c19-replica")[2].class_names == MMSEG_CLASSES
 
@@ -228,26 +232,46 @@ def test_card_arch_kwargs(imported):
 def test_overrides_for_what_the_weights_cannot_tell(files):
     obj = torch.load(files("mmseg-ccnet_r50-d8-c19-replica"), map_location="cpu", weights_only=True, mmap=True)
     assert convert(obj, "mmseg", align_corners=True)[0].align_corners is True
-    with pytest.raises(InputError, match="output stride 8"):
+    with pytest.raises(InputError, match="fixed output stride; drop --output-stride"):
         convert(obj, "mmseg", output_stride=16)
     obj = torch.load(files("bubbliiiing-deeplabv3plus-mobilenet-c21"), map_location="cpu", weights_only=True, mmap=True)
     card, _ = convert(obj, "bubbliiiing", output_stride=8, align_corners=False)
     assert card.arch["output_stride"] == 8 and card.align_corners is False
 
 
-@pytest.mark.parametrize("stem", UNSUPPORTED)
-def test_unsupported_formats_fail_clearly(files, tmp_path, stem):
-    with pytest.raises(InputError) as e:
-        import_checkpoint(str(files(stem)), str(tmp_path / "x.pt"))
-    msg = str(e.value)
-    assert "\n" not in msg
-    if "mobilenet_v3" in stem:
-        assert "MobileNetV3" in msg and "DeepLabV3" in msg
-    elif "torchvision" in stem:
-        assert "DeepLabV3 (not plus)" in msg and "no DeepLabV3 head" in msg
-    else:
-        assert "Xception" in msg and "resnet50/101 or mobilenet" in msg
-    assert "use" in msg and not (tmp_path / "x.pt").exists()
+def _variant(files, stem: str, drop: tuple[str, ...] = (), add: dict | None = None) -> dict:
+    """The tsv's file with some keys removed and some added: a neighbouring public model."""
+    sd = torch.load(files(stem), map_location="cpu", weights_only=True)
+    sd = sd.get("model_state", sd) if isinstance(sd, dict) else sd
+    out = {k: v for k, v in sd.items() if not k.startswith(drop)}
+    out.update(add or {})
+    return out
+
+
+def test_neighbouring_public_models_fail_clearly(files, tmp_path):
+    """Models of the same sources that vidseg has no network for: one line, what is missing, what to use."""
+    z = torch.zeros(1)
+    tv = "torchvision-deeplabv3_mobilenet_v3_large-c21-aux"
+    cases = {
+        # torchvision LR-ASPP (MobileNetV3 + lite head)
+        "lraspp": (_variant(files, tv, drop=("classifier.",), add={"classifier.low_classifier.weight": z,
+                                                                    "classifier.high_classifier.weight": z}),
+                   "LR-ASPP"),
+        # torchvision FCN: classifier.{0,1,4} without the ASPP
+        "fcn": (_variant(files, "torchvision-deeplabv3_resnet50-c21-aux", drop=("classifier.",),
+                         add={"classifier.0.weight": z, "classifier.1.weight": z, "classifier.4.weight": z}), "FCN"),
+        # VainF with the HRNet backbone
+        "hrnet": ({"model_state": _variant(files, "vainf-deeplabv3plus_resnet50-c19", drop=("backbone.",),
+                                           add={"backbone.stage4.0.weight": z})}, "HRNetV2"),
+    }
+    for name, (obj, what) in cases.items():
+        src = tmp_path / f"{name}.pth"
+        torch.save(obj, src)
+        with pytest.raises(InputError) as e:
+            import_checkpoint(str(src), str(tmp_path / "x.pt"))
+        msg = str(e.value)
+        assert "\n" not in msg and what in msg and "use" in msg, (name, msg)
+        assert not (tmp_path / "x.pt").exists()
 
 
 # ------------------------------------------------------------------------ numerics vs the source's own maths
@@ -440,10 +464,123 @@ def test_vainf_tensors_unchanged(imported, stem):
     assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
 
 
+def _tvbn(x, sd, p, eps=1e-5):
+    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                        False, 0.0, eps)
+
+
+def _tv_resnet(x, sd):
+    """torchvision resnet(replace_stride_with_dilation=[False, True, True]): returns (layer3, layer4)."""
+    x = F.relu(_tvbn(F.conv2d(x, sd["backbone.conv1.weight"], stride=2, padding=3), sd, "backbone.bn1"))
+    x = F.max_pool2d(x, 3, 2, 1)
+    dilation, feats = 1, []
+    for li, (stride, dilate) in enumerate(zip((1, 2, 2, 2), (False, False, True, True)), start=1):
+        previous = dilation
+        if dilate:  # torchvision's _make_layer: the stride becomes dilation, the first block keeps the old one
+            dilation, stride = dilation * stride, 1
+        for b in range(_blocks_in(sd, f"backbone.layer{li}.")):
+            x = _bottleneck(x, sd, f"backbone.layer{li}.{b}", _tvbn, stride if b == 0 else 1,
+                            previous if b == 0 else dilation)
+        feats.append(x)
+    return feats[2], feats[3]
+
+
+def _blocks_in(sd, prefix):
+    return 1 + max(int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix))
+
+
+def _tv_mobilenet_v3(x, sd):
+    """torchvision mobilenet_v3_large(dilated=True).features: returns (features[4], features[16]).
+
+    Kernel sizes, widths and squeeze-excitation come from the tensors; strides
+    (blocks 2, 4, 7, 13), activations (Hardswish from block 7) and the dilated
+    last stage (13-15) from torchvision's table. BN eps is 0.001 throughout.
+    """
+    bn = lambda t, p: _tvbn(t, sd, p, eps=1e-3)  # noqa: E731
+    x = F.hardswish(bn(F.conv2d(x, sd["backbone.0.0.weight"], stride=2, padding=1), "backbone.0.1"))
+    aux = None
+    for i in range(1, 16):
+        p = f"backbone.{i}.block"
+        act = F.hardswish if i >= 7 else F.relu
+        stride, dil = (2 if i in (2, 4, 7, 13) else 1), (2 if i >= 13 else 1)
+        y, j = x, 0
+        if sd[f"{p}.0.0.weight"].shape[1] != 1:  # a 1x1 expansion precedes the depthwise conv
+            y, j = act(bn(F.conv2d(y, sd[f"{p}.0.0.weight"]), f"{p}.0.1")), 1
+        w = sd[f"{p}.{j}.0.weight"]
+        k = w.shape[-1]
+        y = act(bn(F.conv2d(y, w, stride=1 if dil > 1 else stride, padding=(k - 1) // 2 * dil, dilation=dil,
+                            groups=w.shape[0]), f"{p}.{j}.1"))
+        j += 1
+        if f"{p}.{j}.fc1.weight" in sd:
+            g = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), sd[f"{p}.{j}.fc1.weight"], sd[f"{p}.{j}.fc1.bias"]))
+            y = y * F.hardsigmoid(F.conv2d(g, sd[f"{p}.{j}.fc2.weight"], sd[f"{p}.{j}.fc2.bias"]))
+            j += 1
+        y = bn(F.conv2d(y, sd[f"{p}.{j}.0.weight"]), f"{p}.{j}.1")
+        x = x + y if stride == 1 and x.shape[1] == y.shape[1] else y
+        if i == 4:
+            aux = x
+    return aux, F.hardswish(bn(F.conv2d(x, sd["backbone.16.0.weight"]), "backbone.16.1"))
+
+
+def _tv_head(x, sd, size):
+    """torchvision DeepLabHead: ASPP(12, 24, 36) -> 3x3 conv -> BN -> ReLU -> 1x1, upsampled (align_corners False)."""
+    c = "classifier.0.convs"
+    branches = [F.relu(_tvbn(F.conv2d(x, sd[f"{c}.0.0.weight"]), sd, f"{c}.0.1"))]
+    for i, r in enumerate((12, 24, 36), start=1):
+        branches.append(F.relu(_tvbn(F.conv2d(x, sd[f"{c}.{i}.0.weight"], padding=r, dilation=r), sd, f"{c}.{i}.1")))
+    pooled = F.relu(_tvbn(F.conv2d(F.adaptive_avg_pool2d(x, 1), sd[f"{c}.4.1.weight"]), sd, f"{c}.4.2"))
+    branches.append(F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    y = F.relu(_tvbn(F.conv2d(torch.cat(branches, 1), sd["classifier.0.project.0.weight"]), sd,
+                     "classifier.0.project.1"))
+    y = F.relu(_tvbn(F.conv2d(y, sd["classifier.1.weight"], padding=1), sd, "classifier.2"))
+    y = F.conv2d(y, sd["classifier.4.weight"], sd["classifier.4.bias"])
+    return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+def _tv_fcn_head(x, sd):
+    y = F.relu(_tvbn(F.conv2d(x, sd["aux_classifier.0.weight"], padding=1), sd, "aux_classifier.1"))
+    return F.conv2d(y, sd["aux_classifier.4.weight"], sd["aux_classifier.4.bias"])
+
+
+@pytest.mark.parametrize("stem", ["torchvision-deeplabv3_resnet50-c21-aux",
+                                  "torchvision-deeplabv3_mobilenet_v3_large-c21-aux"])
+def test_torchvision_deeplabv3_matches_torchvision_semantics(files, stem):
+    """The whole network, main and aux heads, against torchvision's forward written out from the source tensors."""
+    sd = _source_state(files(stem))
+    card, state = convert(torch.load(files(stem), map_location="cpu", weights_only=True), "torchvision", aux=True)
+    assert card.arch["aux"] is True
+    model = build_from_card(card, state)
+    torch.manual_seed(3)
+    x = torch.randn(1, 3, 67, 93)  # odd, non-square: padding and rounding must agree
+    aux, out = (_tv_mobilenet_v3 if "mobilenet" in stem else _tv_resnet)(x, sd)
+    ref, ref_aux = _tv_head(out, sd, x.shape[-2:]), _tv_fcn_head(aux, sd)
+    with torch.inference_mode():
+        got = model(x)
+        feats = model.backbone(x)
+        got_aux = model.aux_classifier(feats["aux"])
+    assert feats["out"].shape[-2:] == out.shape[-2:] == ((9, 12) if "resnet" in stem else (5, 6))
+    assert _close(got, ref) and _close(got_aux, ref_aux)
+    assert float((got.argmax(1) == ref.argmax(1)).float().mean()) > 0.999
+
+
+def test_torchvision_keep_aux_and_fixed_stride(files):
+    obj = torch.load(files("torchvision-deeplabv3_resnet101-c21-aux"), map_location="cpu", weights_only=True)
+    card, state = convert(obj, "torchvision")
+    assert "aux" not in card.arch and not any(k.startswith("aux_classifier.") for k in state)
+    card, state = convert(obj, "torchvision", aux=True)
+    assert card.arch == {"stem": "torchvision", "output_stride": 8, "aux": True}
+    assert torch.equal(state["aux_classifier.4.weight"], obj["aux_classifier.4.weight"])
+    with pytest.raises(InputError, match="drop --output-stride"):
+        convert(obj, "torchvision", output_stride=16)
+    with pytest.raises(InputError, match="has 21 classes.*--num-classes 19"):
+        convert(obj, "torchvision", num_classes=19)
+
+
 # ------------------------------------------------------------------------ --weights with a public file
 
 
-@pytest.mark.parametrize("stem", ["vainf-deeplabv3plus_mobilenet-c19", "bubbliiiing-deeplabv3plus-mobilenet-c21"])
+@pytest.mark.parametrize("stem", ["vainf-deeplabv3plus_mobilenet-c19", "bubbliiiing-deeplabv3plus-mobilenet-c21",
+                                  "torchvision-deeplabv3_mobilenet_v3_large-c21-aux"])
 def test_public_file_works_directly_as_weights(imported, stem):
     src, dst, card = imported(stem)
     direct, dcard = load_model(_cfg(weights=str(src)))
@@ -574,8 +711,10 @@ def test_cli_import_prints_the_card(files, tmp_path):
 
 
 def test_cli_import_unsupported_is_one_line(files, tmp_path):
-    r = CliRunner().invoke(weights_group, ["import", str(files("torchvision-deeplabv3_mobilenet_v3_large-c21-aux")),
-                                           "-o", str(tmp_path / "x.pt")])
+    src = tmp_path / "lraspp.pth"
+    torch.save(_variant(files, "torchvision-deeplabv3_mobilenet_v3_large-c21-aux", drop=("classifier.",),
+                        add={"classifier.low_classifier.weight": torch.zeros(1)}), src)
+    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "x.pt")])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "MobileNetV3" in lines[0]
+    assert len(lines) == 1 and "LR-ASPP" in lines[0] and "deeplabv3_" in lines[0]

@@ -20,7 +20,7 @@ from . import __version__
 from .config import MODES, PRECISIONS, FlowConfig, ModelConfig, OutputConfig, load_config_file
 from .errors import FramesLost, InputError, VidsegError
 
-BACKBONES = ("resnet50", "resnet101", "xception", "mobilenetv2")
+BACKBONES = ("resnet50", "resnet101", "xception", "xception-legacy", "mobilenetv2", "mobilenetv3")
 DEMO = "demo"
 
 
@@ -35,7 +35,7 @@ def _opts(*decorators: Callable) -> Callable:
 
 
 model_options = _opts(
-    click.option("--model", "-m", default=None, help="Architecture (ccnet, deeplabv3plus) or a zoo model name. [default: deeplabv3plus]"),
+    click.option("--model", "-m", default=None, help="Architecture (ccnet, deeplabv3plus, deeplabv3) or a zoo model name. [default: deeplabv3plus]"),
     click.option("--backbone", default=None, help=f"Backbone: {', '.join(BACKBONES)}. [default: the model's]"),
     click.option("--weights", "-w", default=None, help="Checkpoint file: vidseg's own, or a public format (auto-detected)."),
     click.option("--num-classes", type=click.IntRange(1, 256), default=None, help="Classes of a model without a card. [default: 19]"),

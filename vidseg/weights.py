@@ -15,29 +15,36 @@ mmseg          ccnet resnet50/101,         ``backbone.stem.*`` -> ``conv1..bn3``
                stem=mmseg, head_act=relu   ``decode_head`` -> ``head``, gamma () -> (1,),
                                            ``auxiliary_head`` dropped
 vainf          deeplabv3plus resnet50/101  1:1 (``{'model_state': ...}`` unwrapped);
-               / mobilenetv2,              MobileNetV2 is approximate (padding, see below)
+               / mobilenetv2 /             MobileNetV2 built with backbone_padding="input"
+               xception-legacy,            (VainF's padding, see below); HRNetV2 is refused
                decoder_convs=1
 bubbliiiing    deeplabv3plus mobilenetv2   conv biases folded into the next BN's running_mean,
                / xception, decoder_convs=2 decoder input channels permuted ([ASPP, low] ->
                                            [low, ASPP]), flat MobileNetV2 blocks nested
-torchvision    -                           recognised; DeepLabV3 (no decoder) and MobileNetV3
+torchvision    deeplabv3 resnet50/101      1:1 (plain state dict), ``aux_classifier`` dropped
+               (stem=torchvision, OS 8) /  unless --keep-aux; LR-ASPP and FCN are refused
+               mobilenetv3 (OS 16)
 jfzhang95      -                           recognised; backbones dilate differently
 smp            -                           recognised; separable ASPP/decoder convs
 ============== =========================== ====================================================
 
-The last three raise :class:`~vidseg.errors.InputError` saying what vidseg's
+The last two raise :class:`~vidseg.errors.InputError` saying what vidseg's
 networks lack: importing them into a look-alike network would give wrong
 masks without any error.
 
 VainF's MobileNetV2 pads each inverted-residual block's INPUT (before the 1x1
 expansion conv, so the border of the expanded tensor is
-``relu6(bn(conv(0)))``, not 0) and its first conv has no padding; vidseg's
-MobileNetV2 zero-pads the depthwise conv. Interior pixels agree, borders and
-a one-pixel shift differ; the card says so.
+``relu6(bn(conv(0)))``, not 0) and its first conv has no padding, where
+vidseg's default MobileNetV2 zero-pads the depthwise conv. The card records
+``backbone_padding="input"``, which builds VainF's variant: the same function,
+not an approximation. VainF's xception is the original Xception of Cadene's
+pretrainedmodels, not the aligned one of bubbliiiing's checkpoints:
+``xception-legacy`` (low-level features from block1, exit-flow convs padded
+by 1 whatever their dilation). Its dilation depends on the output stride it
+was trained at, which the weights do not tell: 16 unless ``--output-stride 8``.
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import replace
 from functools import lru_cache
@@ -67,11 +74,9 @@ __all__ = [
     "weights_group",
 ]
 
-log = logging.getLogger("vidseg.weights")
-
-# Every format detect_format can name; the first four convert.
-SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing")
-FORMATS = SUPPORTED_FORMATS + ("torchvision", "jfzhang95", "smp")
+# Every format detect_format can name; SUPPORTED_FORMATS convert.
+SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision")
+FORMATS = SUPPORTED_FORMATS + ("jfzhang95", "smp")
 SOURCES = {
     "ccnet-official": "official CCNet (speedinghzl/CCNet)",
     "mmseg": "mmsegmentation CCNet",
@@ -418,24 +423,25 @@ def _vainf(state: dict, meta: dict, num_classes: int | None, aux: bool, output_s
     if any(".body." in k for k in state if k.startswith("classifier.")):
         raise InputError("VainF checkpoint trained with --separable_conv; vidseg's ASPP and decoder use plain convs")
     _need(state, ("classifier.project.0.weight", "classifier.aspp.project.0.weight"), "vainf")
-    note = ""
     if "backbone.conv1.weight" in state and tuple(state["backbone.conv1.weight"].shape)[2:] == (7, 7):
         backbone = _resnet_depth(state, "backbone.", "vainf")
         arch: dict = {"stem": "torchvision"}
     elif _has(state, "backbone.low_level_features.") and _has(state, "backbone.high_level_features."):
         backbone = "mobilenetv2"
+        # VainF pads each block's input, not the depthwise conv: the "input" variant computes its function.
+        arch = {"backbone_padding": "input"}
+    elif _has(state, "backbone.block1.rep."):
+        backbone = "xception-legacy"  # Cadene's original Xception (not the aligned one), as VainF dilates it
         arch = {}
-        note = ("approximate: VainF's MobileNetV2 does not pad its first conv and pads each block's input before "
-                "the 1x1 expansion; vidseg zero-pads the 3x3 convs - masks shift by a pixel and differ at borders")
-        log.warning("VainF MobileNetV2 import is %s", note)
-    elif _has(state, "backbone.block1.") or _has(state, "backbone.stage4."):
-        kind = "Xception (Cadene's, non-aligned)" if _has(state, "backbone.block1.") else "HRNetV2"
+    elif _has(state, "backbone.stage4."):
         raise InputError(
-            f"VainF deeplabv3plus with the {kind} backbone: vidseg has no such backbone "
-            "(its xception is the aligned Xception of bubbliiiing's checkpoints); use a resnet50/101 or mobilenet one"
+            "VainF deeplabv3plus with the HRNetV2 backbone: vidseg has no HRNet backbone; "
+            "use a resnet50/101, mobilenet or xception one"
         )
     else:
-        raise InputError("VainF checkpoint with an unknown backbone; vidseg imports resnet50/101 and mobilenet")
+        raise InputError(
+            "VainF checkpoint with an unknown backbone; vidseg imports resnet50/101, mobilenet and xception"
+        )
     convs = sorted(int(m.group(1)) for k, v in state.items()
                    if (m := re.fullmatch(r"classifier\.classifier\.(\d+)\.weight", k)) and v.dim() == 4)
     if not convs:
@@ -449,7 +455,7 @@ def _vainf(state: dict, meta: dict, num_classes: int | None, aux: bool, output_s
     card = _card(
         "vainf", "deeplabv3plus", backbone, n, arch=arch,
         preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        align_corners=False, input_size=_input_size(n), meta=meta, note=note,
+        align_corners=False, input_size=_input_size(n), meta=meta,
     )
     return card, out
 
@@ -537,18 +543,42 @@ def _bubbliiiing(state: dict, meta: dict, num_classes: int | None, aux: bool, ou
     return card, out
 
 
-def _torchvision(state: dict, *_: Any, **__: Any):
-    if _has(state, "backbone.conv1."):
-        what = "DeepLabV3 (not plus) with a ResNet backbone"
-    elif _has(state, "backbone.0.0."):
-        what = "DeepLabV3/LR-ASPP with a MobileNetV3 backbone"
+def _torchvision(state: dict, meta: dict, num_classes: int | None, aux: bool, **_: Any) -> tuple[ModelCard, dict]:
+    if _has(state, "classifier.low_classifier."):
+        raise InputError(
+            "torchvision LR-ASPP checkpoint: vidseg has no LR-ASPP head; use a torchvision deeplabv3_* checkpoint"
+        )
+    if not _has(state, "classifier.0.convs."):
+        raise InputError(
+            "torchvision FCN checkpoint (no ASPP in classifier.0): vidseg has no FCN head; "
+            "use a torchvision deeplabv3_* checkpoint"
+        )
+    _need(state, ("classifier.0.project.0.weight", "classifier.1.weight", "classifier.4.weight"), "torchvision")
+    if "backbone.conv1.weight" in state and tuple(state["backbone.conv1.weight"].shape)[2:] == (7, 7):
+        backbone = _resnet_depth(state, "backbone.", "torchvision")
+        # torchvision's segmentation ResNets: replace_stride_with_dilation=[False, True, True].
+        arch: dict = {"stem": "torchvision", "output_stride": 8}
+    elif "backbone.0.0.weight" in state and _has(state, "backbone.16.") and not _has(state, "backbone.17."):
+        backbone = "mobilenetv3"
+        arch = {"output_stride": 16}
     else:
-        what = "a segmentation model"
-    raise InputError(
-        f"torchvision {what}: vidseg has no DeepLabV3 head (ASPP -> 3x3 conv -> classifier, no decoder)"
-        f"{' nor a MobileNetV3 backbone' if 'MobileNetV3' in what else ''}; use a CCNet or DeepLabV3+ "
-        "checkpoint (ccnet-official, mmseg, vainf, bubbliiiing) instead"
+        raise InputError(
+            "torchvision deeplabv3 checkpoint with an unknown backbone; vidseg imports resnet50/101 and "
+            "mobilenet_v3_large"
+        )
+    n = _num_classes(state, "classifier.4.weight", num_classes)
+    out = {k: v for k, v in state.items() if aux or not k.startswith("aux_classifier.")}
+    if aux:
+        if not _has(out, "aux_classifier."):
+            raise InputError("--keep-aux: this torchvision checkpoint has no aux_classifier")
+        arch["aux"] = True
+    card = _card(
+        "torchvision", "deeplabv3", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        # torchvision's reference evaluation resizes the short side to 520.
+        align_corners=False, input_size=520, meta=meta,
     )
+    return card, out
 
 
 def _jfzhang95(state: dict, *_: Any, **__: Any):
@@ -618,8 +648,8 @@ def convert(
         raise InputError(f"unknown checkpoint format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
     if output_stride is not None and int(output_stride) not in (8, 16):
         raise InputError(f"output_stride must be 8 or 16, got {output_stride}")
-    if output_stride is not None and fmt in ("ccnet-official", "mmseg"):
-        raise InputError(f"{fmt} checkpoints are output stride 8; drop --output-stride")
+    if output_stride is not None and fmt in ("ccnet-official", "mmseg", "torchvision"):
+        raise InputError(f"{fmt} checkpoints come with a fixed output stride; drop --output-stride")
     if num_classes is not None and int(num_classes) < 1:
         raise InputError(f"--num-classes must be >= 1, got {num_classes}")
     if isinstance(obj, dict) and obj.get("vidseg_checkpoint"):
@@ -752,7 +782,7 @@ class _Group(click.Group):
 
 weights_group = _Group(
     "weights",
-    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF and bubbliiiing DeepLabV3+) into vidseg's format.",
+    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF and bubbliiiing DeepLabV3+, torchvision DeepLabV3) into vidseg's format.",
 )
 
 

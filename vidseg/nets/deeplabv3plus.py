@@ -6,17 +6,20 @@ Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
 
     backbone.*                    ResNet: torchvision names (stem="torchvision");
                                   MobileNetV2: low_level_features / high_level_features
+                                  xception-legacy: Cadene's names (conv1, block1.rep.0, ...)
     classifier.project.{0,1}      low-level 1x1 conv -> 48, BN
     classifier.aspp.convs.{0..4}  ASPP branches (4 = image pooling: .1 conv, .2 BN)
     classifier.aspp.project.{0,1} 1x1 conv -> 256, BN
     classifier.classifier.*       decoder convs and the 1x1 classifier
     aux_classifier.{0,1,4}        optional, torchvision FCNHead layout (aux=True)
 
-* VainF resnet50/101, mobilenet: 1:1 with ``decoder_convs=1`` (VainF's
-  decoder has ONE 3x3 conv: ``classifier.classifier.{0,1,3}``). The paper's
-  and the default ``decoder_convs=2`` decoder is ``classifier.classifier.
-  {0,1,3,4,6}``. VainF's xception is a different (non-aligned) network and
-  does not map.
+* VainF resnet50/101, mobilenet, xception: 1:1 with ``decoder_convs=1``
+  (VainF's decoder has ONE 3x3 conv: ``classifier.classifier.{0,1,3}``). The
+  paper's and the default ``decoder_convs=2`` decoder is
+  ``classifier.classifier.{0,1,3,4,6}``. VainF's MobileNetV2 pads block
+  inputs (``backbone_padding="input"``); its xception is the original,
+  non-aligned Xception (``backbone="xception-legacy"``, low-level features
+  from block1).
 * bubbliiiing deeplabv3-plus: xception backbone keys are identical
   (``backbone.*``, seed layout); ``aspp.branch1..4`` -> ``classifier.aspp.convs.0..3``,
   ``aspp.branch5_conv/_bn`` -> ``convs.4.1/.2``, ``aspp.conv_cat`` ->
@@ -162,11 +165,13 @@ def deeplabv3plus(
     aspp_rates: Sequence[int] | None = None,
     aspp_dropout: float = 0.1,
     decoder_convs: int = 2,
+    backbone_padding: str | None = None,
 ) -> DeepLabV3Plus:
     """Build a randomly initialised DeepLabV3+.
 
     Args:
-        backbone: ``mobilenetv2`` (default), ``resnet50``, ``resnet101``, ``xception``.
+        backbone: ``mobilenetv2`` (default), ``resnet50``, ``resnet101``,
+            ``xception`` (aligned), ``xception-legacy`` (original, VainF's).
         num_classes: output channels.
         width_mult: scales every channel count of backbone and head (min 8).
         align_corners: for the final and every internal bilinear upsample.
@@ -178,6 +183,9 @@ def deeplabv3plus(
         aspp_rates: default (6, 12, 18) at output stride 16, doubled at 8.
         aspp_dropout: dropout after the ASPP projection (VainF 0.1, paper 0.5 in some code).
         decoder_convs: 3x3 convs in the decoder: 2 (paper, default) or 1 (VainF).
+        backbone_padding: MobileNetV2 only: ``"same"`` (default) or
+            ``"input"`` (VainF's: each block pads its input, the stem conv
+            is unpadded; see :mod:`vidseg.nets.backbones.mobilenetv2`).
     """
     width_mult = check_width_mult(width_mult)
     if output_stride not in (8, 16):
@@ -186,10 +194,14 @@ def deeplabv3plus(
         raise ValueError(f"decoder_convs must be 1 or 2, got {decoder_convs!r}")
     if backbone.startswith("resnet") and stem is None:
         stem = "torchvision"
+    if backbone_padding is not None and backbone != "mobilenetv2":
+        raise ValueError(f"backbone_padding={backbone_padding!r} applies to the mobilenetv2 backbone only, "
+                         f"not {backbone!r}")
     rates = tuple(aspp_rates) if aspp_rates is not None else tuple(r * 16 // output_stride for r in (6, 12, 18))
     if len(rates) != 3:
         raise ValueError(f"aspp_rates needs 3 rates, got {rates!r}")
-    net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem)
+    net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem,
+                         padding=backbone_padding)
     return DeepLabV3Plus(
         net,
         num_classes=num_classes,

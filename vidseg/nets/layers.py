@@ -7,7 +7,9 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BatchNormAct2d", "scale_channels", "make_divisible", "resize", "init_weights", "check_width_mult"]
+__all__ = [
+    "BatchNormAct2d", "MinSizeConv2d", "check_width_mult", "init_weights", "make_divisible", "resize", "scale_channels",
+]
 
 ACTIVATIONS = ("relu", "leaky", "identity")
 
@@ -44,6 +46,26 @@ def resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+class MinSizeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that also runs on inputs smaller than its (dilated) kernel.
+
+    Under-padded convs (VainF's unpadded stems, its exit-flow Xception convs)
+    raise on tiny inputs; this one first zero-pads such an input, evenly, just
+    enough for a 1-pixel output. Wherever ``nn.Conv2d`` has an output the
+    result is identical, and the state dict is a Conv2d's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad: list[int] = []
+        for dim, k in ((-1, 1), (-2, 0)):  # F.pad order: W first, then H
+            effective = (self.kernel_size[k] - 1) * self.dilation[k] + 1
+            short = max(0, effective - (x.shape[dim] + 2 * self.padding[k]))
+            pad += [short // 2, short - short // 2]
+        if any(pad):
+            x = F.pad(x, pad)
+        return super().forward(x)
 
 
 class BatchNormAct2d(nn.BatchNorm2d):

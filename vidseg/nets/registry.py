@@ -51,7 +51,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the architecture modules runs their @register_model decorators.
-    from . import ccnet, deeplabv3plus, null  # noqa: F401
+    from . import ccnet, deeplabv3, deeplabv3plus, null  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:

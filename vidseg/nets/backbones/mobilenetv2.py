@@ -9,18 +9,31 @@ weights map with ``features.{i}`` -> ``low_level_features.{i}`` (i < 4) or
 ``high_level_features.{i}`` (4 <= i <= 17).
 
 Stride is replaced by dilation once ``output_stride`` is reached (VainF's
-rule: the first block of a stage keeps the previous dilation). A depthwise
-3x3 conv with ``padding=dilation`` equals VainF's explicit ``fixed_padding``.
+rule: the first block of a stage keeps the previous dilation).
+
+Padding (same weights, two functions):
+
+* ``padding="same"`` (default; torchvision, bubbliiiing, vidseg's own
+  weights): every 3x3 conv zero-pads its own input by ``dilation``.
+* ``padding="input"`` (VainF): the first conv has no padding, and each
+  inverted-residual block zero-pads its INPUT by ``fixed_padding(3, dilation)``
+  before the 1x1 expansion, so the border of the expanded tensor the
+  depthwise conv sees is ``relu6(bn(0))``, not 0. Blocks without expansion
+  (features 1) compute the same in both modes; the others differ at borders,
+  and the unpadded first conv moves the sampling grid by one input pixel.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import init_weights, make_divisible
+from ..layers import MinSizeConv2d, init_weights, make_divisible
 
-__all__ = ["MobileNetV2"]
+__all__ = ["MobileNetV2", "PADDINGS", "fixed_padding"]
+
+PADDINGS = ("same", "input")
 
 # expansion t, channels c, repeats n, stride s
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -28,46 +41,73 @@ _LOW_END = 4  # features[0:4] -> stride 4
 _AUX_INDEX = 13  # last block of the 96-channel stage (stride 16 without dilation)
 
 
+def fixed_padding(kernel_size: int, dilation: int) -> tuple[int, int, int, int]:
+    """``F.pad`` widths (left, right, top, bottom) that keep a stride-1 dilated conv's size (extra pixel last)."""
+    effective = kernel_size + (kernel_size - 1) * (dilation - 1)
+    total = effective - 1
+    beg = total // 2
+    return (beg, total - beg, beg, total - beg)
+
+
 class ConvBNReLU(nn.Sequential):
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
-                 groups: int = 1) -> None:
-        padding = (kernel_size - 1) // 2 * dilation
+                 groups: int = 1, padding: int | None = None, conv: type[nn.Conv2d] = nn.Conv2d) -> None:
+        if padding is None:
+            padding = (kernel_size - 1) // 2 * dilation
         super().__init__(
-            nn.Conv2d(inp, oup, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
+            conv(inp, oup, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
             nn.BatchNorm2d(oup),
             nn.ReLU6(inplace=True),
         )
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, inp: int, oup: int, stride: int, dilation: int, expand_ratio: int) -> None:
+    """torchvision's block; ``pad_input`` pads the block input instead of the depthwise conv (VainF)."""
+
+    def __init__(self, inp: int, oup: int, stride: int, dilation: int, expand_ratio: int,
+                 pad_input: bool = False) -> None:
         super().__init__()
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
+        self.input_padding = fixed_padding(3, dilation) if pad_input else None
+        dw_padding = 0 if pad_input else None
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNReLU(inp, hidden, kernel_size=1))
         layers += [
-            ConvBNReLU(hidden, hidden, stride=stride, dilation=dilation, groups=hidden),
+            ConvBNReLU(hidden, hidden, stride=stride, dilation=dilation, groups=hidden, padding=dw_padding),
             nn.Conv2d(hidden, oup, 1, bias=False),
             nn.BatchNorm2d(oup),
         ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        y = self.conv(x if self.input_padding is None else F.pad(x, self.input_padding))
+        return x + y if self.use_res_connect else y
 
 
 class MobileNetV2(nn.Module):
-    """``forward`` returns ``{"low": stride-4 (24 ch), "aux": 96-ch stage, "out": 320 ch}``."""
+    """``forward`` returns ``{"low": stride-4 (24 ch), "aux": 96-ch stage, "out": 320 ch}``.
 
-    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0) -> None:
+    ``padding``: ``"same"`` (default) or ``"input"`` (VainF's; see the module docstring).
+    """
+
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, padding: str = "same") -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be one of [8, 16, 32], got {output_stride!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown MobileNetV2 padding {padding!r}; choose one of: {', '.join(PADDINGS)}")
         self.output_stride = output_stride
+        self.padding = padding
+        pad_input = padding == "input"
         input_channel = make_divisible(32 * width_mult)
-        features: list[nn.Module] = [ConvBNReLU(3, input_channel, stride=2)]
+        if pad_input:
+            # VainF's stem conv has no padding at all (inputs under 3 px are padded up by MinSizeConv2d).
+            stem = ConvBNReLU(3, input_channel, stride=2, padding=0, conv=MinSizeConv2d)
+        else:
+            stem = ConvBNReLU(3, input_channel, stride=2)
+        features: list[nn.Module] = [stem]
         current_stride, dilation = 2, 1
         aux_channels = 0
         for t, c, n, s in _SETTINGS:
@@ -79,9 +119,10 @@ class MobileNetV2(nn.Module):
                 stride, current_stride = s, current_stride * s
             for i in range(n):
                 if i == 0:
-                    features.append(InvertedResidual(input_channel, output_channel, stride, previous_dilation, t))
+                    features.append(InvertedResidual(input_channel, output_channel, stride, previous_dilation, t,
+                                                     pad_input))
                 else:
-                    features.append(InvertedResidual(input_channel, output_channel, 1, dilation, t))
+                    features.append(InvertedResidual(input_channel, output_channel, 1, dilation, t, pad_input))
                 input_channel = output_channel
             if c == 96:
                 aux_channels = output_channel
