@@ -1,6 +1,7 @@
 """Forward time and peak memory of every model x backbone at 512x1024 on this machine.
 
     python benchmarks/bench_models.py [--size 512x1024] [--reps 3] [--device cpu] [--precision fp32]
+                                      [--only deeplabv3/mobilenetv3,ccnet/resnet101]
 
 Each case runs in a fresh process (peak RSS is that process's own) with
 torch threads = all cores, eval mode, inference_mode, 19 classes, random weights.
@@ -50,8 +51,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    ap.add_argument("--only", default="", help="comma-separated model/backbone pairs (default: every one)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "models.json"))
     a = ap.parse_args()
+    only = {tuple(p.split("/", 1)) for p in a.only.split(",") if p}
     h, w = (int(v) for v in a.size.split("x"))
     sys.path.insert(0, str(ROOT))
     from vidseg.nets import list_models
@@ -61,6 +64,8 @@ def main() -> None:
         if spec.name == "null":
             continue
         for bb in spec.backbones:
+            if only and (spec.name, bb) not in only:
+                continue
             out = subprocess.run([sys.executable, "-c", CASE, spec.name, bb, str(h), str(w), str(a.reps), a.device, a.precision],
                                  capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
