@@ -685,9 +685,11 @@ def test_module_prefix_and_duplicates_are_handled(files, tmp_path):
 
 
 def test_jfzhang95_and_smp_fail_clearly():
-    with pytest.raises(InputError, match="jfzhang95.*multi-grid"):
-        convert({"state_dict": {"backbone.layer4.0.conv1.weight": torch.zeros(1), "aspp.aspp1.atrous_conv.weight":
-                                torch.zeros(1), "decoder.conv1.weight": torch.zeros(1)}}, "jfzhang95")
+    # jfzhang95's resnet/xception/mobilenet convert (test_weights_jfzhang95.py); its DRN backbone cannot
+    drn = {"backbone.layer0.0.weight": torch.zeros(1), "backbone.layer4.0.conv1.weight": torch.zeros(1),
+           "aspp.aspp1.atrous_conv.weight": torch.zeros(1), "decoder.conv1.weight": torch.zeros(1)}
+    with pytest.raises(InputError, match="jfzhang95.*DRN"):
+        convert({"state_dict": drn}, "jfzhang95")
     smp = {"encoder.conv1.weight": torch.zeros(1), "segmentation_head.0.weight": torch.zeros(1)}
     assert detect_format(smp) == "smp"
     with pytest.raises(InputError, match="separable"):

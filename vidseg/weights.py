@@ -24,12 +24,19 @@ bubbliiiing    deeplabv3plus mobilenetv2   conv biases folded into the next BN's
 torchvision    deeplabv3 resnet50/101      1:1 (plain state dict), ``aux_classifier`` dropped
                (stem=torchvision, OS 8) /  unless --keep-aux; LR-ASPP and FCN are refused
                mobilenetv3 (OS 16)
-jfzhang95      -                           recognised; backbones dilate differently
+jfzhang95      deeplabv3plus resnet101     ``{'state_dict': ...}`` unwrapped, ``aspp.aspp1-4`` /
+               (multi_grid=(1, 2, 4),      ``decoder.*`` renamed, decoder input channels permuted
+               contract_dilation=False) /  ([ASPP, low] -> [low, ASPP]); MobileNetV2: the
+               mobilenetv2 (padding        ``features.*`` duplicate dropped, flat blocks nested;
+               input-padded-stem,          xception: ``rep.N`` -> ``sepconvK``; DRN is refused
+               dilation_rule=jfzhang95) /
+               xception (xception_flavour
+               =jfzhang95), decoder_convs=2
 smp            -                           recognised; separable ASPP/decoder convs
 ============== =========================== ====================================================
 
-The last two raise :class:`~vidseg.errors.InputError` saying what vidseg's
-networks lack: importing them into a look-alike network would give wrong
+The last one raises :class:`~vidseg.errors.InputError` saying what vidseg's
+networks lack: importing it into a look-alike network would give wrong
 masks without any error.
 
 VainF's MobileNetV2 pads each inverted-residual block's INPUT (before the 1x1
@@ -42,6 +49,15 @@ pretrainedmodels, not the aligned one of bubbliiiing's checkpoints:
 ``xception-legacy`` (low-level features from block1, exit-flow convs padded
 by 1 whatever their dilation). Its dilation depends on the output stride it
 was trained at, which the weights do not tell: 16 unless ``--output-stride 8``.
+
+jfzhang95's networks differ from VainF's where the weights cannot show it:
+its ResNet-101 dilates the first block of a dilated stage fully and layer4 by
+the multi-grid (1, 2, 4); its MobileNetV2 pads block inputs like VainF's but
+pads the stem and leaves the 160-channel stage undilated at output stride 16;
+its aligned Xception takes ``relu(block1)`` as the low-level feature and
+dilates the exit flow twice as much. The card records the options that build
+each (see :mod:`vidseg.nets.deeplabv3plus`); output stride 16 unless
+``--output-stride 8``, as for VainF.
 """
 from __future__ import annotations
 
@@ -75,8 +91,8 @@ __all__ = [
 ]
 
 # Every format detect_format can name; SUPPORTED_FORMATS convert.
-SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision")
-FORMATS = SUPPORTED_FORMATS + ("jfzhang95", "smp")
+SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision", "jfzhang95")
+FORMATS = SUPPORTED_FORMATS + ("smp",)
 SOURCES = {
     "ccnet-official": "official CCNet (speedinghzl/CCNet)",
     "mmseg": "mmsegmentation CCNet",
@@ -313,7 +329,9 @@ def _finish(card: ModelCard, state: dict) -> dict:
     """Add BatchNorm counters the source lacks, drop aux weights the target lacks, check the fit."""
     import torch
 
-    shapes = _target_shapes(card.architecture, card.backbone, card.num_classes, tuple(sorted(card.arch.items())))
+    # lru_cache needs hashable arguments: a card read from TOML holds lists (multi_grid, aspp_rates).
+    arch = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in card.arch.items()))
+    shapes = _target_shapes(card.architecture, card.backbone, card.num_classes, arch)
     state = {k: v for k, v in state.items() if k in shapes or not k.startswith(_AUX_PREFIXES)}
     for k, (_, dtype) in shapes.items():
         if k.endswith(".num_batches_tracked") and k not in state:
@@ -581,17 +599,116 @@ def _torchvision(state: dict, meta: dict, num_classes: int | None, aux: bool, **
     return card, out
 
 
-def _jfzhang95(state: dict, *_: Any, **__: Any):
+_JF_HEAD = [  # (jfzhang95 prefix, vidseg prefix); decoder.last_conv.0 is permuted separately
+    ("aspp.aspp1.atrous_conv.", "classifier.aspp.convs.0.0."), ("aspp.aspp1.bn.", "classifier.aspp.convs.0.1."),
+    ("aspp.aspp2.atrous_conv.", "classifier.aspp.convs.1.0."), ("aspp.aspp2.bn.", "classifier.aspp.convs.1.1."),
+    ("aspp.aspp3.atrous_conv.", "classifier.aspp.convs.2.0."), ("aspp.aspp3.bn.", "classifier.aspp.convs.2.1."),
+    ("aspp.aspp4.atrous_conv.", "classifier.aspp.convs.3.0."), ("aspp.aspp4.bn.", "classifier.aspp.convs.3.1."),
+    ("aspp.global_avg_pool.1.", "classifier.aspp.convs.4.1."),
+    ("aspp.global_avg_pool.2.", "classifier.aspp.convs.4.2."),
+    ("aspp.conv1.", "classifier.aspp.project.0."), ("aspp.bn1.", "classifier.aspp.project.1."),
+    ("decoder.conv1.", "classifier.project.0."), ("decoder.bn1.", "classifier.project.1."),
+    # last_conv = conv, BN, ReLU, Dropout(0.5), conv, BN, ReLU, Dropout(0.1), conv; vidseg has no dropouts
+    ("decoder.last_conv.0.", "classifier.classifier.0."), ("decoder.last_conv.1.", "classifier.classifier.1."),
+    ("decoder.last_conv.4.", "classifier.classifier.3."), ("decoder.last_conv.5.", "classifier.classifier.4."),
+    ("decoder.last_conv.8.", "classifier.classifier.6."),
+]
+# jfzhang95's SeparableConv2d (conv1 depthwise, bn, pointwise) + the block's BN after it.
+_JF_SEP = {"conv1": "depthwise", "bn": "bn1", "pointwise": "pointwise"}
+
+
+def _jfzhang95_xception(state: dict) -> dict:
+    """``blockN.rep.K.*`` -> ``blockN.sepconvJ.*``, ``convK.conv1``/``bnK`` -> ``convK.depthwise``/``convK.bn2``."""
+    out = {}
+    for k, v in state.items():
+        if m := re.match(r"backbone\.(block\d+)\.rep\.(\d+)\.(.*)$", k):
+            block, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+            # rep = [ReLU, SepConv, BN] * 3; block1/2 (start_with_relu=False) drop the first ReLU
+            offset = 0 if f"backbone.{block}.rep.0.conv1.weight" in state else 1
+            j, pos = divmod(idx - offset, 3)
+            head, _, tail = rest.partition(".")
+            if pos == 0 and head in _JF_SEP and j < 3:
+                out[f"backbone.{block}.sepconv{j + 1}.{_JF_SEP[head]}.{tail}"] = v
+                continue
+            if pos == 1 and j < 3:
+                out[f"backbone.{block}.sepconv{j + 1}.bn2.{rest}"] = v
+                continue
+            raise InputError(f"jfzhang95 xception key {k} has an unexpected layout; vidseg cannot map it")
+        elif m := re.match(r"backbone\.conv([345])\.(conv1|bn|pointwise)\.(.*)$", k):
+            out[f"backbone.conv{m.group(1)}.{_JF_SEP[m.group(2)]}.{m.group(3)}"] = v
+        elif m := re.match(r"backbone\.bn([345])\.(.*)$", k):
+            out[f"backbone.conv{m.group(1)}.bn2.{m.group(2)}"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _jfzhang95_mobilenet(state: dict) -> dict:
+    """Flat ``{low,high}_level_features.N.conv.K`` blocks -> vidseg's nested ones (the stem keeps its names)."""
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"backbone\.(low|high)_level_features\.(\d+)\.conv\.(\d+)\.(.*)$", k)
+        if not m:
+            out[k] = v
+            continue
+        part, i, j, rest = m.groups()
+        table = _MBV2_EXPAND if f"backbone.{part}_level_features.{i}.conv.6.weight" in state else _MBV2_NO_EXPAND
+        if j not in table:
+            raise InputError(f"jfzhang95 MobileNetV2 key {k} has an unexpected layout; vidseg cannot map it")
+        out[f"backbone.{part}_level_features.{i}.conv.{table[j]}.{rest}"] = v
+    return out
+
+
+def _jfzhang95(state: dict, meta: dict, num_classes: int | None, aux: bool, output_stride: int | None = None,
+               **_: Any) -> tuple[ModelCard, dict]:
+    import torch
+
+    if _has(state, "backbone.layer0.") or _has(state, "backbone.layer5."):
+        raise InputError(
+            "jfzhang95 deeplab checkpoint with the DRN backbone: vidseg has no DRN (dilated residual network); "
+            "use a resnet, xception or mobilenet one"
+        )
+    _need(state, ("aspp.conv1.weight", "decoder.conv1.weight", "decoder.last_conv.8.weight"), "jfzhang95")
     if _has(state, "backbone.layer4."):
-        why = "its ResNet dilates layer4 with multi-grid (1, 2, 4) and no contracted first block"
-    elif _has(state, "backbone.block1."):
-        why = "its aligned Xception takes low-level features from block1 (128 ch) and differs in block layout"
+        backbone = _resnet_depth(state, "backbone.", "jfzhang95")
+        if _blocks(state, "backbone.layer4.") != 3:
+            raise InputError("jfzhang95 ResNet whose layer4 is not its 3 multi-grid blocks; vidseg cannot map it")
+        # layer1-3 dilate every block fully (no contraction); layer4 is the multi-grid unit (1, 2, 4).
+        arch: dict = {"stem": "torchvision", "contract_dilation": False, "multi_grid": (1, 2, 4)}
+        src = state
+    elif _has(state, "backbone.block1.rep."):
+        backbone = "xception"
+        arch = {"xception_flavour": "jfzhang95"}
+        src = _jfzhang95_xception(state)
+    elif _has(state, "backbone.low_level_features.") and _has(state, "backbone.high_level_features."):
+        backbone = "mobilenetv2"
+        # Block inputs padded (fixed_padding), stem padded by 1, its own dilation rule.
+        arch = {"backbone_padding": "input-padded-stem", "dilation_rule": "jfzhang95"}
+        src = _jfzhang95_mobilenet(state)
     else:
-        why = "its MobileNetV2 leaves the 160-channel blocks undilated and pads block inputs before the expansion conv"
-    raise InputError(
-        f"jfzhang95 deeplab checkpoint: vidseg's DeepLabV3+ cannot compute the same function ({why}); "
-        "use a VainF or bubbliiiing DeepLabV3+ checkpoint instead"
+        raise InputError(
+            "jfzhang95 deeplab checkpoint with an unknown backbone; vidseg imports resnet, xception and mobilenet"
+        )
+    n = _num_classes(state, "decoder.last_conv.8.weight", num_classes)
+    out = {k: v for k, v in src.items() if k.startswith("backbone.")}
+    head = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    unmapped = [k for k in head if not any(k.startswith(old) for old, _ in _JF_HEAD)]
+    if unmapped:
+        raise InputError(f"jfzhang95 checkpoint has keys vidseg cannot map ({', '.join(sorted(unmapped)[:3])}); "
+                         "is it a DeepLab of pytorch-deeplab-xception?")
+    out.update(_rename(head, _JF_HEAD))
+    w = out["classifier.classifier.0.weight"]
+    low = int(state["decoder.conv1.weight"].shape[0])
+    high = w.shape[1] - low
+    # jfzhang95 concatenates [ASPP, low-level]; vidseg [low-level, ASPP].
+    out["classifier.classifier.0.weight"] = torch.cat([w[:, high:], w[:, :high]], dim=1)
+    arch.update(decoder_convs=2, output_stride=int(output_stride or 16))
+    card = _card(
+        "jfzhang95", "deeplabv3plus", backbone, n, arch=arch,
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        align_corners=True, input_size=_input_size(n, 513), meta=meta,  # 513: its VOC crop size
     )
+    return card, out
 
 
 def _smp(state: dict, *_: Any, **__: Any):
@@ -782,7 +899,7 @@ class _Group(click.Group):
 
 weights_group = _Group(
     "weights",
-    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF and bubbliiiing DeepLabV3+, torchvision DeepLabV3) into vidseg's format.",
+    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF, bubbliiiing and jfzhang95 DeepLabV3+, torchvision DeepLabV3) into vidseg's format.",
 )
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .aspp import ASPP
 from .backbones import BACKBONES, build_backbone
 from .backbones.mobilenetv3 import MobileNetV3Large
-from .layers import check_width_mult, init_weights, resize, scale_channels
+from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
 from .registry import register_model
 
 __all__ = ["DeepLabV3", "deeplabv3"]
@@ -65,19 +65,8 @@ class DeepLabV3(nn.Module):
             nn.Conv2d(c, num_classes, 1),
         )
         init_weights(self.classifier)
-        if aux:
-            # torchvision's FCNHead: in/4 channels (10 for MobileNetV3's 40).
-            mid = max(1, feat["aux"] // 4)
-            self.aux_classifier = nn.Sequential(
-                nn.Conv2d(feat["aux"], mid, 3, padding=1, bias=False),
-                nn.BatchNorm2d(mid),
-                nn.ReLU(inplace=True),
-                nn.Dropout(0.1),
-                nn.Conv2d(mid, num_classes, 1),
-            )
-            init_weights(self.aux_classifier)
-        else:
-            self.aux_classifier = None
+        # torchvision's FCNHead on the stride-8/16 features (aux_classifier.{0,1,4}).
+        self.aux_classifier = FCNHead(feat["aux"], num_classes) if aux else None
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         size = x.shape[-2:]

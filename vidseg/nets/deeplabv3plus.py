@@ -31,6 +31,17 @@ Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
   [low-level, ASPP] - permute the input channels of ``cat_conv.0`` - and its
   MobileNetV2 blocks are flat (``conv.0,1,3,4,6,7``) instead of nested.
   Use ``align_corners=True`` with its weights.
+* jfzhang95 pytorch-deeplab-xception (``{'state_dict': ...}``):
+  ``aspp.aspp1..4.{atrous_conv,bn}`` -> ``classifier.aspp.convs.0..3.{0,1}``,
+  ``aspp.global_avg_pool.{1,2}`` -> ``convs.4.{1,2}``, ``aspp.{conv1,bn1}`` ->
+  ``classifier.aspp.project.{0,1}``, ``decoder.{conv1,bn1}`` ->
+  ``classifier.project.{0,1}``, ``decoder.last_conv.{0,1,4,5,8}`` ->
+  ``classifier.classifier.{0,1,3,4,6}`` ([ASPP, low] concat permuted, as
+  bubbliiiing's). Backbones: resnet101 with ``stem="torchvision",
+  contract_dilation=False, multi_grid=(1, 2, 4)`` (names 1:1); mobilenetv2
+  with ``backbone_padding="input-padded-stem", dilation_rule="jfzhang95"``
+  (flat blocks nested); xception with ``xception_flavour="jfzhang95"``
+  (``rep.N`` renamed to ``sepconvK``). ``align_corners=True``.
 * torchvision deeplabv3_* (not "plus"): ``backbone.*`` and
   ``aux_classifier.*`` map 1:1 (resnet), ``classifier.0.*`` ->
   ``classifier.aspp.*``; it has no decoder, so only backbone + ASPP transfer.
@@ -44,7 +55,7 @@ from torch import Tensor, nn
 
 from .aspp import ASPP
 from .backbones import BACKBONES, build_backbone
-from .layers import check_width_mult, init_weights, resize, scale_channels
+from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
 from .registry import register_model
 
 __all__ = ["DeepLabV3Plus", "DeepLabV3PlusHead", "deeplabv3plus"]
@@ -123,19 +134,8 @@ class DeepLabV3Plus(nn.Module):
             decoder_convs=decoder_convs,
             align_corners=align_corners,
         )
-        if aux:
-            mid = max(8, feat["aux"] // 4)
-            # torchvision's FCNHead layout: aux_classifier.{0,1,4}
-            self.aux_classifier = nn.Sequential(
-                nn.Conv2d(feat["aux"], mid, 3, padding=1, bias=False),
-                nn.BatchNorm2d(mid),
-                nn.ReLU(inplace=True),
-                nn.Dropout(0.1),
-                nn.Conv2d(mid, num_classes, 1),
-            )
-            init_weights(self.aux_classifier)
-        else:
-            self.aux_classifier = None
+        # torchvision's FCNHead on the stride-8/16 features (aux_classifier.{0,1,4}).
+        self.aux_classifier = FCNHead(feat["aux"], num_classes) if aux else None
         init_weights(self.classifier)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -166,6 +166,10 @@ def deeplabv3plus(
     aspp_dropout: float = 0.1,
     decoder_convs: int = 2,
     backbone_padding: str | None = None,
+    contract_dilation: bool | None = None,
+    multi_grid: Sequence[int] | None = None,
+    dilation_rule: str | None = None,
+    xception_flavour: str | None = None,
 ) -> DeepLabV3Plus:
     """Build a randomly initialised DeepLabV3+.
 
@@ -185,7 +189,17 @@ def deeplabv3plus(
         decoder_convs: 3x3 convs in the decoder: 2 (paper, default) or 1 (VainF).
         backbone_padding: MobileNetV2 only: ``"same"`` (default) or
             ``"input"`` (VainF's: each block pads its input, the stem conv
-            is unpadded; see :mod:`vidseg.nets.backbones.mobilenetv2`).
+            is unpadded; see :mod:`vidseg.nets.backbones.mobilenetv2`) or
+            ``"input-padded-stem"`` (jfzhang95's: blocks as ``"input"``, stem padded).
+        contract_dilation: ResNet only: the first block of a dilated stage
+            takes half the dilation (default True for the torchvision and
+            mmseg stems; jfzhang95: False).
+        multi_grid: ResNet only: per-block factors of layer4's dilation
+            (jfzhang95: ``(1, 2, 4)``); default none.
+        dilation_rule: MobileNetV2 only: ``"vainf"`` (default) or
+            ``"jfzhang95"`` (which blocks dilate once the output stride is reached).
+        xception_flavour: xception only: ``"seed"`` (default) or ``"jfzhang95"``
+            (low-level features from block1; see :mod:`vidseg.nets.backbones.xception`).
     """
     width_mult = check_width_mult(width_mult)
     if output_stride not in (8, 16):
@@ -197,11 +211,15 @@ def deeplabv3plus(
     if backbone_padding is not None and backbone != "mobilenetv2":
         raise ValueError(f"backbone_padding={backbone_padding!r} applies to the mobilenetv2 backbone only, "
                          f"not {backbone!r}")
+    if xception_flavour is not None and backbone != "xception":
+        raise ValueError(f"xception_flavour={xception_flavour!r} applies to the xception backbone only, "
+                         f"not {backbone!r}")
     rates = tuple(aspp_rates) if aspp_rates is not None else tuple(r * 16 // output_stride for r in (6, 12, 18))
     if len(rates) != 3:
         raise ValueError(f"aspp_rates needs 3 rates, got {rates!r}")
     net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem,
-                         padding=backbone_padding)
+                         padding=backbone_padding, contract_dilation=contract_dilation, multi_grid=multi_grid,
+                         dilation_rule=dilation_rule, flavour=xception_flavour)
     return DeepLabV3Plus(
         net,
         num_classes=num_classes,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "BatchNormAct2d", "MinSizeConv2d", "check_width_mult", "init_weights", "make_divisible", "resize", "scale_channels",
+    "BatchNormAct2d", "FCNHead", "MinSizeConv2d", "check_width_mult", "init_weights", "make_divisible", "resize", "scale_channels",
 ]
 
 ACTIVATIONS = ("relu", "leaky", "identity")
@@ -97,6 +97,26 @@ class BatchNormAct2d(nn.BatchNorm2d):
     def extra_repr(self) -> str:
         act = self.activation if self.activation != "leaky" else f"leaky({self.negative_slope})"
         return f"{super().extra_repr()}, activation={act}"
+
+
+
+class FCNHead(nn.Sequential):
+    """torchvision's FCN/aux head: 3x3 conv to ``in/4`` (at least 8), BN, ReLU, dropout 0.1, 1x1 classifier.
+
+    Keys ``0`` (conv), ``1`` (BN), ``4`` (classifier), as torchvision's
+    ``aux_classifier`` - so its checkpoints load 1:1.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        mid = max(8, in_channels // 4)
+        super().__init__(
+            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+            nn.Conv2d(mid, num_classes, 1),
+        )
+        init_weights(self)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -11,6 +11,8 @@ dilates it (VainF's checkpoints).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import nn
 
 from .mobilenetv2 import MobileNetV2
@@ -25,23 +27,37 @@ BACKBONES = ("mobilenetv2", "resnet50", "resnet101", "xception", "xception-legac
 
 
 def build_backbone(name: str, *, output_stride: int, width_mult: float = 1.0, stem: str | None = None,
-                   padding: str | None = None) -> nn.Module:
+                   padding: str | None = None, contract_dilation: bool | None = None,
+                   multi_grid: Sequence[int] | None = None, dilation_rule: str | None = None,
+                   flavour: str | None = None) -> nn.Module:
     """Build backbone ``name``.
 
-    ``stem`` only applies to the ResNets (default ``"deep"``); ``padding``
-    only to mobilenetv2 (``"same"``, the default, or VainF's ``"input"``).
+    ``stem`` (default ``"deep"``), ``contract_dilation`` and ``multi_grid``
+    only apply to the ResNets; ``padding`` (``"same"``, the default,
+    ``"input"`` or ``"input-padded-stem"``) and ``dilation_rule``
+    (``"vainf"``, the default, or ``"jfzhang95"``) only to mobilenetv2;
+    ``flavour`` (``"seed"``, the default, or ``"jfzhang95"``) only to xception.
+    None keeps each backbone's default.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    if padding is not None and name != "mobilenetv2":
-        raise ValueError(f"padding={padding!r} applies to the mobilenetv2 backbone only, not {name!r}")
+    only = {
+        "padding": (padding, "mobilenetv2"), "dilation_rule": (dilation_rule, "mobilenetv2"),
+        "contract_dilation": (contract_dilation, "resnet"), "multi_grid": (multi_grid, "resnet"),
+        "flavour": (flavour, "xception"),
+    }
+    for option, (value, owner) in only.items():
+        if value is not None and not (name == owner or (owner == "resnet" and name.startswith("resnet"))):
+            what = "resnet backbones" if owner == "resnet" else f"{owner} backbone"
+            raise ValueError(f"{option}={value!r} applies to the {what} only, not {name!r}")
     if name.startswith("resnet"):
         return DilatedResNet(int(name[len("resnet"):]), stem=stem or "deep", output_stride=output_stride,
-                             width_mult=width_mult)
+                             width_mult=width_mult, contract_dilation=contract_dilation, multi_grid=multi_grid)
     if stem is not None:
         raise ValueError(f"stem={stem!r} applies to the resnet backbones only, not {name!r}")
     if name == "mobilenetv2":
-        return MobileNetV2(output_stride=output_stride, width_mult=width_mult, padding=padding or "same")
+        return MobileNetV2(output_stride=output_stride, width_mult=width_mult, padding=padding or "same",
+                           dilation_rule=dilation_rule or "vainf")
     if name == "xception-legacy":
         return LegacyXception(output_stride=output_stride, width_mult=width_mult)
-    return AlignedXception(output_stride=output_stride, width_mult=width_mult)
+    return AlignedXception(output_stride=output_stride, width_mult=width_mult, flavour=flavour or "seed")

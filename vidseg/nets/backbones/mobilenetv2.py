@@ -8,8 +8,16 @@ channels out; the final 1x1 conv to 1280 is dropped). torchvision ImageNet
 weights map with ``features.{i}`` -> ``low_level_features.{i}`` (i < 4) or
 ``high_level_features.{i}`` (4 <= i <= 17).
 
-Stride is replaced by dilation once ``output_stride`` is reached (VainF's
-rule: the first block of a stage keeps the previous dilation).
+Stride is replaced by dilation once ``output_stride`` is reached.
+``dilation_rule`` says how (same weights, two functions):
+
+* ``"vainf"`` (default; VainF, torchvision-style): a stage that would stride
+  multiplies the dilation by its stride, and its FIRST block keeps the
+  previous dilation (OS16: the 160-channel stage dilates 1, 2, 2; 320: 2).
+* ``"jfzhang95"`` (pytorch-deeplab-xception): once the stride is reached,
+  every block of a stage takes the running ``rate`` and only then is the rate
+  multiplied by the stage's stride (OS16: the 160-channel stage is not
+  dilated at all; 320: 2. OS8: 64: 1, 96: 2, 160: 2, 320: 4).
 
 Padding (same weights, two functions):
 
@@ -21,6 +29,8 @@ Padding (same weights, two functions):
   depthwise conv sees is ``relu6(bn(0))``, not 0. Blocks without expansion
   (features 1) compute the same in both modes; the others differ at borders,
   and the unpadded first conv moves the sampling grid by one input pixel.
+* ``padding="input-padded-stem"`` (jfzhang95): blocks as ``"input"``, but
+  the first conv is padded by 1 as in ``"same"``.
 """
 from __future__ import annotations
 
@@ -31,9 +41,10 @@ from torch import Tensor, nn
 
 from ..layers import MinSizeConv2d, init_weights, make_divisible
 
-__all__ = ["MobileNetV2", "PADDINGS", "fixed_padding"]
+__all__ = ["DILATION_RULES", "MobileNetV2", "PADDINGS", "fixed_padding"]
 
-PADDINGS = ("same", "input")
+PADDINGS = ("same", "input", "input-padded-stem")
+DILATION_RULES = ("vainf", "jfzhang95")
 
 # expansion t, channels c, repeats n, stride s
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -89,20 +100,27 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """``forward`` returns ``{"low": stride-4 (24 ch), "aux": 96-ch stage, "out": 320 ch}``.
 
-    ``padding``: ``"same"`` (default) or ``"input"`` (VainF's; see the module docstring).
+    ``padding``: ``"same"`` (default), ``"input"`` (VainF's) or
+    ``"input-padded-stem"`` (jfzhang95's); ``dilation_rule``: ``"vainf"``
+    (default) or ``"jfzhang95"`` - see the module docstring.
     """
 
-    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, padding: str = "same") -> None:
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, padding: str = "same",
+                 dilation_rule: str = "vainf") -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be one of [8, 16, 32], got {output_stride!r}")
         if padding not in PADDINGS:
             raise ValueError(f"unknown MobileNetV2 padding {padding!r}; choose one of: {', '.join(PADDINGS)}")
+        if dilation_rule not in DILATION_RULES:
+            raise ValueError(f"unknown MobileNetV2 dilation_rule {dilation_rule!r}; "
+                             f"choose one of: {', '.join(DILATION_RULES)}")
         self.output_stride = output_stride
         self.padding = padding
-        pad_input = padding == "input"
+        self.dilation_rule = dilation_rule
+        pad_input = padding != "same"
         input_channel = make_divisible(32 * width_mult)
-        if pad_input:
+        if padding == "input":
             # VainF's stem conv has no padding at all (inputs under 3 px are padded up by MinSizeConv2d).
             stem = ConvBNReLU(3, input_channel, stride=2, padding=0, conv=MinSizeConv2d)
         else:
@@ -112,17 +130,20 @@ class MobileNetV2(nn.Module):
         aux_channels = 0
         for t, c, n, s in _SETTINGS:
             output_channel = make_divisible(c * width_mult)
-            previous_dilation = dilation
-            if current_stride == output_stride:
-                stride, dilation = 1, dilation * s
-            else:
+            if current_stride != output_stride:
                 stride, current_stride = s, current_stride * s
+                first = rest = dilation
+            elif dilation_rule == "vainf":
+                stride, first, dilation = 1, dilation, dilation * s
+                rest = dilation
+            else:  # jfzhang95: the whole stage at the running rate, which grows for the next stage
+                stride, first, rest = 1, dilation, dilation
+                dilation *= s
             for i in range(n):
                 if i == 0:
-                    features.append(InvertedResidual(input_channel, output_channel, stride, previous_dilation, t,
-                                                     pad_input))
+                    features.append(InvertedResidual(input_channel, output_channel, stride, first, t, pad_input))
                 else:
-                    features.append(InvertedResidual(input_channel, output_channel, 1, dilation, t, pad_input))
+                    features.append(InvertedResidual(input_channel, output_channel, 1, rest, t, pad_input))
                 input_channel = output_channel
             if c == 96:
                 aux_channels = output_channel

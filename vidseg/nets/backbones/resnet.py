@@ -19,8 +19,19 @@ torchvision 7x7 3->64               padding 1                      dilation // 2
 ========== ======================== ============================== ===========================
 
 Strides sit on the 3x3 convolution ("ResNet v1.5" / mmseg ``style='pytorch'``).
+
+Two options override what the stem implies, for jfzhang95's
+pytorch-deeplab-xception (torchvision stem, no contraction, multi-grid):
+
+* ``contract_dilation``: whether the first block of a dilated stage takes
+  ``dilation // 2`` (default: every stem but ``deep``);
+* ``multi_grid``: per-block factors of layer4's dilation (DeepLabV3's
+  multi-grid, e.g. ``(1, 2, 4)``: block i of layer4 dilates by
+  ``multi_grid[i] * dilation``; one factor per layer4 block).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 from torch import Tensor, nn
 
@@ -68,7 +79,8 @@ class DilatedResNet(nn.Module):
     """
 
     def __init__(self, depth: int = 101, *, stem: str = "deep", output_stride: int = 8,
-                 width_mult: float = 1.0) -> None:
+                 width_mult: float = 1.0, contract_dilation: bool | None = None,
+                 multi_grid: Sequence[int] | None = None) -> None:
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unsupported ResNet depth {depth}; choose one of: {', '.join(map(str, RESNET_DEPTHS))}")
@@ -76,6 +88,11 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"unknown stem {stem!r}; choose one of: {', '.join(RESNET_STEMS)}")
         if output_stride not in _OS_LAYOUT:
             raise ValueError(f"output_stride must be one of {sorted(_OS_LAYOUT)}, got {output_stride!r}")
+        n4 = RESNET_DEPTHS[depth][3]
+        if multi_grid is not None:
+            multi_grid = tuple(int(g) for g in multi_grid)
+            if len(multi_grid) != n4 or min(multi_grid) < 1:
+                raise ValueError(f"multi_grid needs {n4} factors >= 1 (one per layer4 block), got {multi_grid!r}")
         ch = lambda c: scale_channels(c, width_mult)  # noqa: E731
         self.stem_type = stem
         self.output_stride = output_stride
@@ -96,26 +113,30 @@ class DilatedResNet(nn.Module):
             # The official CCNet pools with ceil_mode=True; mmseg does not.
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=(stem == "deep"))
             inplanes = ch(c3)
-        contract = stem != "deep"
+        contract = stem != "deep" if contract_dilation is None else bool(contract_dilation)
+        self.contract_dilation = contract
+        self.multi_grid = multi_grid
         strides, dilations = _OS_LAYOUT[output_stride]
         widths = [ch(c) for c in (64, 128, 256, 512)]
         for i, (planes, n, s, d) in enumerate(zip(widths, RESNET_DEPTHS[depth], strides, dilations)):
-            first_dilation = max(1, d // 2) if contract else d
-            layer, inplanes = self._make_layer(inplanes, planes, n, s, d, first_dilation)
+            block_dilations = [max(1, d // 2) if contract else d] + [d] * (n - 1)
+            if i == 3 and multi_grid is not None:
+                block_dilations = [g * b for g, b in zip(multi_grid, block_dilations)]
+            layer, inplanes = self._make_layer(inplanes, planes, s, block_dilations)
             self.add_module(f"layer{i + 1}", layer)
         e = Bottleneck.expansion
         self.channels = {"low": widths[0] * e, "aux": widths[2] * e, "out": widths[3] * e}
         init_weights(self)
 
     @staticmethod
-    def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, dilation: int,
-                    first_dilation: int) -> tuple[nn.Sequential, int]:
+    def _make_layer(inplanes: int, planes: int, stride: int, dilations: Sequence[int]) -> tuple[nn.Sequential, int]:
+        """One stage; block i dilates by ``dilations[i]`` (the stride sits on the first)."""
         out = planes * Bottleneck.expansion
         downsample = None
         if stride != 1 or inplanes != out:
             downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-        layers = [Bottleneck(inplanes, planes, stride, first_dilation, downsample)]
-        layers += [Bottleneck(out, planes, 1, dilation) for _ in range(1, blocks)]
+        layers = [Bottleneck(inplanes, planes, stride, dilations[0], downsample)]
+        layers += [Bottleneck(out, planes, 1, d) for d in dilations[1:]]
         return nn.Sequential(*layers), out
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -1,0 +1,542 @@
+"""jfzhang95/pytorch-deeplab-xception imports that compute jfzhang95's function exactly.
+
+There is no key list for this source, so its checkpoints are built here from
+its architecture (ResNet-101 with the multi-grid layer4, AlignedXception,
+MobileNetV2 with ``features`` kept next to its two halves), checked against
+every number in ``reference/checkpoints/jfzhang95-deeplab.txt``, saved in its
+file layout (``{'epoch', 'state_dict', 'optimizer', 'best_pred'}``) and
+imported through the user's path. jfzhang95's DeepLab is then written out
+here, functionally, from the ORIGINAL tensors and compared with the converted
+vidseg network.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from vidseg.config import ModelConfig
+from vidseg.errors import InputError
+from vidseg.nets import build_model
+from vidseg.stages.infer import load_model
+from vidseg.weights import VOC_CLASSES, convert, detect_format, import_checkpoint, weights_group
+from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+TXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "checkpoints" / "jfzhang95-deeplab.txt"
+BACKBONES = ("resnet", "xception", "mobilenet")
+VIDSEG_BACKBONE = {"resnet": "resnet101", "xception": "xception", "mobilenet": "mobilenetv2"}
+CARD_ARCH = {
+    "resnet": {"stem": "torchvision", "contract_dilation": False, "multi_grid": (1, 2, 4)},
+    "xception": {"xception_flavour": "jfzhang95"},
+    "mobilenet": {"backbone_padding": "input-padded-stem", "dilation_rule": "jfzhang95"},
+}
+MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                 (6, 320, 1, 1))
+
+
+# ----------------------------------------------------------------- jfzhang95's architecture, as keys
+
+
+def _conv(shapes: dict, p: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
+    shapes[f"{p}.weight"] = (cout, cin, k, k)
+    if bias:
+        shapes[f"{p}.bias"] = (cout,)
+
+
+def _bn(shapes: dict, p: str, c: int) -> None:
+    for part in ("weight", "bias", "running_mean", "running_var"):
+        shapes[f"{p}.{part}"] = (c,)
+    shapes[f"{p}.num_batches_tracked"] = ()
+
+
+def _xception_blocks(output_stride: int) -> list[dict]:
+    """AlignedXception's blocks: the source's ``rep`` list (ReLU / SepConv / BN) and its skip, per block."""
+    block3_stride, middle, exit_d = {16: (2, 1, (1, 2)), 8: (1, 2, (2, 4))}[output_stride]
+    specs = [(64, 128, 2, 2, 1, False, True, False), (128, 256, 2, 2, 1, False, True, False),
+             (256, 728, 2, block3_stride, 1, True, True, True)]
+    specs += [(728, 728, 3, 1, middle, True, True, False)] * 16
+    specs += [(728, 1024, 2, 1, exit_d[0], True, False, True)]
+    blocks = []
+    for inp, planes, reps, stride, dil, start_relu, grow_first, is_last in specs:
+        rep: list[tuple] = []
+        filters = inp
+        if grow_first:
+            rep += [("relu",), ("sep", inp, planes, 1, dil), ("bn", planes)]
+            filters = planes
+        for _ in range(reps - 1):
+            rep += [("relu",), ("sep", filters, filters, 1, dil), ("bn", filters)]
+        if not grow_first:
+            rep += [("relu",), ("sep", inp, planes, 1, dil), ("bn", planes)]
+        if stride != 1:
+            rep += [("relu",), ("sep", planes, planes, 2, 1), ("bn", planes)]  # no dilation here
+        if stride == 1 and is_last:
+            rep += [("relu",), ("sep", planes, planes, 1, 1), ("bn", planes)]
+        if not start_relu:
+            rep = rep[1:]
+        blocks.append({"rep": rep, "skip": (inp, planes, stride) if planes != inp or stride != 1 else None})
+    return blocks
+
+
+def _mobilenet_blocks(output_stride: int) -> list[tuple[int, int, int, int, int]]:
+    """(inp, oup, stride, dilation, expand) of features 1..17 under jfzhang95's rule."""
+    out, inp, current, rate = [], 32, 2, 1
+    for t, c, n, s in MBV2_SETTINGS:
+        if current == output_stride:
+            stride, dilation = 1, rate
+            rate *= s
+        else:
+            stride, dilation = s, 1
+            current *= s
+        for i in range(n):
+            out.append((inp, c, stride if i == 0 else 1, dilation, t))
+            inp = c
+    return out
+
+
+def _jf_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of jfzhang95's DeepLab(backbone, num_classes=21), in module order."""
+    sh: dict[str, tuple[int, ...]] = {}
+    b = "backbone"
+    if backbone == "resnet":
+        _conv(sh, f"{b}.conv1", 64, 3, 7)
+        _bn(sh, f"{b}.bn1", 64)
+        inplanes = 64
+        for li, (planes, n) in enumerate(((64, 3), (128, 4), (256, 23), (512, 3)), 1):
+            for i in range(n):
+                p = f"{b}.layer{li}.{i}"
+                _conv(sh, f"{p}.conv1", planes, inplanes, 1)
+                _bn(sh, f"{p}.bn1", planes)
+                _conv(sh, f"{p}.conv2", planes, planes, 3)
+                _bn(sh, f"{p}.bn2", planes)
+                _conv(sh, f"{p}.conv3", planes * 4, planes, 1)
+                _bn(sh, f"{p}.bn3", planes * 4)
+                if i == 0:
+                    _conv(sh, f"{p}.downsample.0", planes * 4, inplanes, 1)
+                    _bn(sh, f"{p}.downsample.1", planes * 4)
+                inplanes = planes * 4
+        high, low = 2048, 256
+    elif backbone == "xception":
+        _conv(sh, f"{b}.conv1", 32, 3, 3)
+        _bn(sh, f"{b}.bn1", 32)
+        _conv(sh, f"{b}.conv2", 64, 32, 3)
+        _bn(sh, f"{b}.bn2", 64)
+        for i, blk in enumerate(_xception_blocks(16), 1):
+            p = f"{b}.block{i}"
+            if blk["skip"]:
+                _conv(sh, f"{p}.skip", blk["skip"][1], blk["skip"][0], 1)
+                _bn(sh, f"{p}.skipbn", blk["skip"][1])
+            for j, op in enumerate(blk["rep"]):
+                if op[0] == "sep":
+                    _conv(sh, f"{p}.rep.{j}.conv1", op[1], 1, 3)
+                    _bn(sh, f"{p}.rep.{j}.bn", op[1])
+                    _conv(sh, f"{p}.rep.{j}.pointwise", op[2], op[1], 1)
+                elif op[0] == "bn":
+                    _bn(sh, f"{p}.rep.{j}", op[1])
+        for k, (cin, cout) in zip((3, 4, 5), ((1024, 1536), (1536, 1536), (1536, 2048))):
+            _conv(sh, f"{b}.conv{k}.conv1", cin, 1, 3)
+            _bn(sh, f"{b}.conv{k}.bn", cin)
+            _conv(sh, f"{b}.conv{k}.pointwise", cout, cin, 1)
+            _bn(sh, f"{b}.bn{k}", cout)
+        high, low = 2048, 128
+    else:
+        feats: dict[str, tuple[int, ...]] = {}
+        _conv(feats, "0.0", 32, 3, 3)
+        _bn(feats, "0.1", 32)
+        for i, (inp, oup, _s, _d, t) in enumerate(_mobilenet_blocks(16), 1):
+            hidden = round(inp * t)
+            if t == 1:
+                _conv(feats, f"{i}.conv.0", hidden, 1, 3)
+                _bn(feats, f"{i}.conv.1", hidden)
+                _conv(feats, f"{i}.conv.3", oup, hidden, 1)
+                _bn(feats, f"{i}.conv.4", oup)
+            else:
+                _conv(feats, f"{i}.conv.0", hidden, inp, 1)
+                _bn(feats, f"{i}.conv.1", hidden)
+                _conv(feats, f"{i}.conv.3", hidden, 1, 3)
+                _bn(feats, f"{i}.conv.4", hidden)
+                _conv(feats, f"{i}.conv.6", oup, hidden, 1)
+                _bn(feats, f"{i}.conv.7", oup)
+        # features is registered first; low_level_features = features[0:4], high = features[4:] (same modules)
+        for k, v in feats.items():
+            sh[f"{b}.features.{k}"] = v
+        for k, v in feats.items():
+            part = "low" if int(k.split(".")[0]) < 4 else "high"
+            sh[f"{b}.{part}_level_features.{k}"] = v
+        high, low = 320, 24
+    for i, k in enumerate((1, 3, 3, 3), 1):
+        _conv(sh, f"aspp.aspp{i}.atrous_conv", 256, high, k)
+        _bn(sh, f"aspp.aspp{i}.bn", 256)
+    _conv(sh, "aspp.global_avg_pool.1", 256, high, 1)
+    _bn(sh, "aspp.global_avg_pool.2", 256)
+    _conv(sh, "aspp.conv1", 256, 1280, 1)
+    _bn(sh, "aspp.bn1", 256)
+    _conv(sh, "decoder.conv1", 48, low, 1)
+    _bn(sh, "decoder.bn1", 48)
+    _conv(sh, "decoder.last_conv.0", 256, 304, 3)
+    _bn(sh, "decoder.last_conv.1", 256)
+    _conv(sh, "decoder.last_conv.4", 256, 256, 3)
+    _bn(sh, "decoder.last_conv.5", 256)
+    _conv(sh, "decoder.last_conv.8", 21, 256, 1, bias=True)
+    return sh
+
+
+def _jf_state(backbone: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random values that keep a 101-layer forward finite: He-like convs, BN weights of both signs."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    shared: dict[str, torch.Tensor] = {}
+    for key, shape in _jf_shapes(backbone).items():
+        # MobileNet: features.N and {low,high}_level_features.N are the SAME tensors in the source.
+        alias = re.sub(r"^backbone\.(low|high)_level_features\.", "backbone.features.", key)
+        if alias in shared:
+            out[key] = shared[alias]
+            continue
+        if key.endswith("num_batches_tracked"):
+            v = torch.tensor(100, dtype=torch.long)
+        elif key.endswith("running_var"):
+            v = torch.empty(shape).uniform_(0.5, 1.5, generator=g)
+        elif len(shape) == 4:
+            v = torch.empty(shape).normal_(0.0, math.sqrt(1.0 / math.prod(shape[1:])), generator=g)
+        elif key.endswith(".weight"):
+            v = torch.empty(shape).normal_(0.0, 0.8, generator=g)
+        else:  # biases, running means
+            v = torch.empty(shape).normal_(0.0, 0.1, generator=g)
+        out[key] = shared[key] = v
+    return out
+
+
+def _jf_file(state: dict, module: bool = False) -> dict:
+    """What jfzhang95's train.py saves (``module.`` when trained with DataParallel)."""
+    if module:
+        state = {f"module.{k}": v for k, v in state.items()}
+    return {"epoch": 50, "state_dict": state, "optimizer": {}, "best_pred": 0.7}
+
+
+def _reference(backbone: str) -> dict:
+    """The txt's numbers for one backbone: total keys, float elems (M), per-prefix counts, listed shapes."""
+    if not TXT.is_file():
+        pytest.skip(f"{TXT} not available")
+    text = TXT.read_text()
+    sec = text.split(f"### jfzhang95 DeepLab backbone={backbone}:")[1].split("###")[0]
+    head = re.match(r"\s*(\d+) keys, ([\d.]+)M float elems", sec)
+    prefixes = dict((p, int(n)) for p, n in re.findall(r"([\w.]+)\((\d+)\)", sec.split("prefixes:")[1].splitlines()[0]))
+    listed = re.findall(r"^\s+(\S+) (\([\d, ]*\))$", sec, re.M)
+    shapes = {k: tuple(int(d) for d in re.findall(r"\d+", s)) for k, s in listed}
+    return {"keys": int(head.group(1)), "melems": float(head.group(2)), "prefixes": prefixes, "shapes": shapes}
+
+
+# ----------------------------------------------------------------- jfzhang95's maths, written out
+
+
+def _bnf(x, sd, p, act=None):
+    y = F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                     training=False, eps=1e-5)
+    return {"relu": F.relu, "relu6": F.relu6, None: lambda t: t}[act](y)
+
+
+def _fixed_padding(x, dilation):
+    total = 3 + 2 * (dilation - 1) - 1
+    return F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+
+
+def _up(x, size):
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _jf_resnet(x, sd, output_stride):
+    """ResNet-101: _make_layer dilates every block fully; layer4 is the multi-grid unit (1, 2, 4)."""
+    strides, dilations = {16: ((1, 2, 2, 1), (1, 1, 1, 2)), 8: ((1, 2, 1, 1), (1, 1, 2, 4))}[output_stride]
+    b = "backbone"
+    y = _bnf(F.conv2d(x, sd[f"{b}.conv1.weight"], stride=2, padding=3), sd, f"{b}.bn1", "relu")
+    y = F.max_pool2d(y, 3, 2, 1)
+    low = None
+    for li, n in enumerate((3, 4, 23, 3), 1):
+        d = dilations[li - 1]
+        block_d = [d * g for g in (1, 2, 4)] if li == 4 else [d] * n
+        for i in range(n):
+            p = f"{b}.layer{li}.{i}"
+            s = strides[li - 1] if i == 0 else 1
+            z = _bnf(F.conv2d(y, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1", "relu")
+            z = F.conv2d(z, sd[f"{p}.conv2.weight"], stride=s, padding=block_d[i], dilation=block_d[i])
+            z = _bnf(F.conv2d(_bnf(z, sd, f"{p}.bn2", "relu"), sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+            if f"{p}.downsample.0.weight" in sd:
+                y = _bnf(F.conv2d(y, sd[f"{p}.downsample.0.weight"], stride=s), sd, f"{p}.downsample.1")
+            y = F.relu(z + y)
+        if li == 1:
+            low = y
+    return y, low
+
+
+def _jf_sep(x, sd, p, stride, dilation):
+    """SeparableConv2d: fixed_padding, depthwise conv1 (padding 0), bn, pointwise."""
+    x = F.conv2d(_fixed_padding(x, dilation), sd[f"{p}.conv1.weight"], stride=stride, dilation=dilation,
+                 groups=x.shape[1])
+    return F.conv2d(_bnf(x, sd, f"{p}.bn"), sd[f"{p}.pointwise.weight"])
+
+
+def _jf_xception(x, sd, output_stride):
+    b = "backbone"
+    y = _bnf(F.conv2d(x, sd[f"{b}.conv1.weight"], stride=2, padding=1), sd, f"{b}.bn1", "relu")
+    y = _bnf(F.conv2d(y, sd[f"{b}.conv2.weight"], padding=1), sd, f"{b}.bn2", "relu")
+    low = None
+    for i, blk in enumerate(_xception_blocks(output_stride), 1):
+        p = f"{b}.block{i}"
+        if blk["rep"][0] == ("relu",):
+            # nn.ReLU(inplace=True) as rep[0] rewrites the block's input, which the skip then reads
+            y = F.relu(y)
+        z = y
+        for j, op in enumerate(blk["rep"]):
+            if op[0] == "relu":
+                z = F.relu(z)
+            elif op[0] == "sep":
+                z = _jf_sep(z, sd, f"{p}.rep.{j}", op[3], op[4])
+            else:
+                z = _bnf(z, sd, f"{p}.rep.{j}")
+        skip = y if blk["skip"] is None else _bnf(F.conv2d(y, sd[f"{p}.skip.weight"], stride=blk["skip"][2]), sd,
+                                                    f"{p}.skipbn")
+        y = z + skip
+        if i == 1:
+            y = low = F.relu(y)  # "add relu here"
+    y = F.relu(y)
+    d = {16: 2, 8: 4}[output_stride]
+    for k in (3, 4, 5):
+        y = _bnf(_jf_sep(y, sd, f"{b}.conv{k}", 1, d), sd, f"{b}.bn{k}", "relu")
+    return y, low
+
+
+def _jf_mobilenet(x, sd, output_stride):
+    """features[0:4] -> low, features[4:] -> high; read through the ``features`` names vidseg drops."""
+    f = "backbone.features"
+    y = _bnf(F.conv2d(x, sd[f"{f}.0.0.weight"], stride=2, padding=1), sd, f"{f}.0.1", "relu6")  # padded stem
+    low = None
+    for i, (inp, oup, stride, dil, t) in enumerate(_mobilenet_blocks(output_stride), 1):
+        p = f"{f}.{i}.conv"
+        z = _fixed_padding(y, dil)
+        j = 0
+        if t != 1:
+            z = _bnf(F.conv2d(z, sd[f"{p}.0.weight"]), sd, f"{p}.1", "relu6")
+            j = 3
+        z = F.conv2d(z, sd[f"{p}.{j}.weight"], stride=stride, dilation=dil, groups=z.shape[1])
+        z = _bnf(z, sd, f"{p}.{j + 1}", "relu6")
+        z = _bnf(F.conv2d(z, sd[f"{p}.{j + 3}.weight"]), sd, f"{p}.{j + 4}")
+        y = y + z if stride == 1 and inp == oup else z
+        if i == 3:
+            low = y
+    return y, low
+
+
+def _jf_deeplab(x, sd, backbone, output_stride=16):
+    """DeepLab.forward: backbone, ASPP, decoder, final upsample (align_corners=True throughout)."""
+    high, low = {"resnet": _jf_resnet, "xception": _jf_xception, "mobilenet": _jf_mobilenet}[backbone](
+        x, sd, output_stride)
+    rates = {16: (1, 6, 12, 18), 8: (1, 12, 24, 36)}[output_stride]
+    branches = []
+    for i, r in enumerate(rates, 1):
+        pad = 0 if i == 1 else r
+        y = F.conv2d(high, sd[f"aspp.aspp{i}.atrous_conv.weight"], padding=pad, dilation=r)
+        branches.append(_bnf(y, sd, f"aspp.aspp{i}.bn", "relu"))
+    pooled = F.adaptive_avg_pool2d(high, 1)
+    pooled = _bnf(F.conv2d(pooled, sd["aspp.global_avg_pool.1.weight"]), sd, "aspp.global_avg_pool.2", "relu")
+    branches.append(_up(pooled, branches[-1].shape[2:]))
+    a = _bnf(F.conv2d(torch.cat(branches, 1), sd["aspp.conv1.weight"]), sd, "aspp.bn1", "relu")
+    lo = _bnf(F.conv2d(low, sd["decoder.conv1.weight"]), sd, "decoder.bn1", "relu")
+    y = torch.cat([_up(a, lo.shape[2:]), lo], 1)  # [ASPP, low]
+    y = _bnf(F.conv2d(y, sd["decoder.last_conv.0.weight"], padding=1), sd, "decoder.last_conv.1", "relu")
+    y = _bnf(F.conv2d(y, sd["decoder.last_conv.4.weight"], padding=1), sd, "decoder.last_conv.5", "relu")
+    y = F.conv2d(y, sd["decoder.last_conv.8.weight"], sd["decoder.last_conv.8.bias"])
+    return _up(y, x.shape[2:]), high, low
+
+
+# ----------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """backbone -> (state, path of its jfzhang95 file); MobileNet's with ``module.`` prefixes."""
+    root = tmp_path_factory.mktemp("jfzhang95")
+    made: dict[str, tuple] = {}
+
+    def get(backbone: str):
+        if backbone not in made:
+            sd = _jf_state(backbone, seed=BACKBONES.index(backbone))
+            path = root / f"deeplab-{backbone}.pth.tar"
+            torch.save(_jf_file(sd, module=backbone == "mobilenet"), path)
+            made[backbone] = (sd, path)
+        return made[backbone]
+
+    return get
+
+
+def _load(path) -> torch.nn.Module:
+    model, _ = load_model(ModelConfig(model=None, device="cpu", weights=str(path)))
+    return model.eval()
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> float:
+    """Max abs difference; fails unless within ``tol`` relative to ``b``'s largest magnitude."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    diff = float((a - b).abs().max())
+    assert diff <= tol * float(b.abs().max()), (diff, float(b.abs().max()))
+    return diff
+
+
+def _within(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    return a.shape == b.shape and float((a - b).abs().max()) <= tol * float(b.abs().max())
+
+
+def _fails(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, high: torch.Tensor) -> None:
+    """The check that passes above fails for ``model``, by at least 10x its tolerance.
+
+    Logits or backbone output: a random deep backbone is dominated by its BN
+    biases, so one quirk may move the logits or the features far more than the other.
+    """
+    out, logits = model.backbone(x)["out"], model(x)
+    d_out, d_logits = float((out - high).abs().max()), float((logits - ref).abs().max())
+    print(f"  other options: max|diff| out {d_out:.2e} logits {d_logits:.2e}")
+    assert not (_within(out, high, 1e-3) and _within(logits, ref, 1e-3))
+
+
+def _variant(model: torch.nn.Module, card, **arch) -> torch.nn.Module:
+    """The same converted tensors in a network built with other options."""
+    kw = {**card.arch, **arch}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    other = build_model(card.architecture, backbone=card.backbone, num_classes=card.num_classes,
+                        align_corners=card.align_corners, **kw).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+# ----------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_built_checkpoints_agree_with_the_reference_txt(backbone):
+    ref = _reference(backbone)
+    sd = _jf_state(backbone)
+    assert len(sd) == ref["keys"]
+    elems = sum(v.numel() for v in sd.values() if v.dtype == torch.float32)
+    assert round(elems / 1e6, 2) == ref["melems"]
+    counts: dict[str, int] = {}
+    for k in sd:
+        p = ".".join(k.split(".")[:2])
+        counts[p] = counts.get(p, 0) + 1
+    assert counts == ref["prefixes"] and list(counts) == list(ref["prefixes"])
+    assert ref["shapes"] and {k: tuple(sd[k].shape) for k in ref["shapes"]} == ref["shapes"]
+    assert detect_format(_jf_file(sd)) == "jfzhang95"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_import_matches_jfzhang95_exactly(sources, tmp_path, backbone):
+    sd, src = sources(backbone)
+    dst = tmp_path / f"jf-{backbone}.pt"
+    card = import_checkpoint(str(src), str(dst))  # auto-detected
+    assert (card.architecture, card.backbone, card.num_classes) == ("deeplabv3plus", VIDSEG_BACKBONE[backbone], 21)
+    assert card.arch == {**CARD_ARCH[backbone], "decoder_convs": 2, "output_stride": 16}
+    assert card.align_corners is True and card.class_names == VOC_CLASSES and len(card.palette) == 21
+    pp = card.preprocess
+    assert (pp.channel_order, pp.scale, pp.mean, pp.std) == ("RGB", 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+    model = _load(dst)
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 67, 93)
+    with torch.inference_mode():
+        ref, high, low = _jf_deeplab(x, sd, backbone)
+        feats = model.backbone(x)
+        got = model(x)
+        d_low, d_out, d_logits = _max_diff(feats["low"], low), _max_diff(feats["out"], high), _max_diff(got, ref)
+        print(f"{backbone} OS16 max|diff| low {d_low:.2e} out {d_out:.2e} logits {d_logits:.2e} "
+              f"(logits max {float(ref.abs().max()):.2f})")
+        # `vidseg run --weights deeplab.pth.tar`: converted on the fly, the same function
+        direct = _load(src)(x)
+        assert torch.equal(direct, got)
+        # The check can tell: vidseg's defaults with the same tensors are another function.
+        if backbone == "resnet":
+            wrong = [_variant(model, card, multi_grid=None), _variant(model, card, contract_dilation=None)]
+        elif backbone == "mobilenet":
+            wrong = [_variant(model, card, dilation_rule=None), _variant(model, card, backbone_padding="input"),
+                     _variant(model, card, backbone_padding=None)]
+        else:
+            wrong = []
+            for name in ("block3", "block20"):  # the seed's skip reads the un-ReLU'd input
+                other = _variant(model, card)
+                getattr(other.backbone, name).relu_input = False
+                wrong.append(other)
+        for other in wrong:
+            _fails(other, x, ref, high)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_output_stride_8_matches_jfzhang95(sources, backbone):
+    sd, src = sources(backbone)
+    card, state = convert(torch.load(src, map_location="cpu", weights_only=True), "jfzhang95", output_stride=8)
+    assert card.arch["output_stride"] == 8
+    model = build_model(card.architecture, backbone=card.backbone, num_classes=card.num_classes,
+                        align_corners=card.align_corners, **card.arch).eval()
+    model.load_state_dict(state)
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 61, 75)
+    with torch.inference_mode():
+        ref, high, _ = _jf_deeplab(x, sd, backbone, output_stride=8)
+        got = model(x)
+        print(f"{backbone} OS8 max|diff| logits {_max_diff(got, ref):.2e}")
+        if backbone == "xception":  # block20's last separable conv is undilated at OS8
+            model.backbone.block20.sepconv3.depthwise.dilation = (2, 2)
+            model.backbone.block20.sepconv3.depthwise.padding = (2, 2)
+            _fails(model, x, ref, high)
+
+
+def test_unmappable_jfzhang95_checkpoints_fail_clearly():
+    drn = {"backbone.layer0.0.weight": torch.zeros(16, 3, 7, 7), "backbone.layer4.0.conv1.weight": torch.zeros(1),
+           "aspp.aspp1.atrous_conv.weight": torch.zeros(1), "decoder.conv1.weight": torch.zeros(1)}
+    assert detect_format({"state_dict": drn}) == "jfzhang95"
+    with pytest.raises(InputError, match="DRN.*use a resnet, xception or mobilenet"):
+        convert({"state_dict": drn}, "jfzhang95")
+    odd = {"backbone.stage1.weight": torch.zeros(1), "aspp.aspp1.atrous_conv.weight": torch.zeros(1),
+           "aspp.conv1.weight": torch.zeros(1), "decoder.conv1.weight": torch.zeros(1),
+           "decoder.last_conv.8.weight": torch.zeros(21, 256, 1, 1)}
+    with pytest.raises(InputError, match="unknown backbone"):
+        convert(odd, "jfzhang95")
+    sd = _jf_state("mobilenet")
+    with pytest.raises(InputError, match="21 classes.*--num-classes 19"):
+        convert(_jf_file(sd), "jfzhang95", num_classes=19)
+
+
+def test_cli_imports_jfzhang95(sources, tmp_path):
+    _, src = sources("mobilenet")
+    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "jf.pt"), "--output-stride", "8"])
+    assert r.exit_code == 0, r.output
+    assert "deeplabv3plus/mobilenetv2, 21 classes (background, aeroplane" in r.output
+    assert "dilation_rule=jfzhang95" in r.output and "output_stride=8" in r.output
+    assert "align_corners=True" in r.output and "jfzhang95" in r.output
+
+
+def test_new_options_default_to_todays_networks():
+    """Explicit defaults build the very networks the shipped weights and other importers rely on."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 41, 53)
+    pairs = [
+        (dict(backbone="resnet50"), dict(backbone="resnet50", contract_dilation=True)),
+        (dict(backbone="resnet50", stem="deep"), dict(backbone="resnet50", stem="deep", contract_dilation=False)),
+        (dict(backbone="mobilenetv2"), dict(backbone="mobilenetv2", dilation_rule="vainf")),
+        (dict(backbone="xception"), dict(backbone="xception", xception_flavour="seed")),
+    ]
+    for a, b in pairs:
+        m1 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **a).eval()
+        m2 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **b).eval()
+        m2.load_state_dict(m1.state_dict())
+        with torch.no_grad():
+            assert torch.equal(m1(x), m2(x)), a
+    with pytest.raises(ValueError, match="resnet backbones only"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", multi_grid=(1, 2, 4), num_classes=3)
+    with pytest.raises(ValueError, match="mobilenetv2 backbone only"):
+        build_model("deeplabv3plus", backbone="resnet50", dilation_rule="jfzhang95", num_classes=3)
+    with pytest.raises(ValueError, match="xception backbone only"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", xception_flavour="jfzhang95", num_classes=3)
+    with pytest.raises(ValueError, match="multi_grid needs 3"):
+        build_model("deeplabv3plus", backbone="resnet50", multi_grid=(1, 2), num_classes=3)
+    with pytest.raises(ValueError, match="vainf, jfzhang95"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", dilation_rule="torchvision", num_classes=3)
