@@ -39,7 +39,7 @@ model_options = _opts(
     click.option("--backbone", default=None, help=f"Backbone: {', '.join(BACKBONES)}. [default: the model's]"),
     click.option("--weights", "-w", default=None, help="Checkpoint file: vidseg's own, or a public format (auto-detected)."),
     click.option("--num-classes", type=click.IntRange(1, 256), default=None, help="Classes of a model without a card. [default: 19]"),
-    click.option("--input-size", type=click.IntRange(8, 8192), default=None, help="Inference resolution: the longer side in pixels. [default: from the card, 512]"),
+    click.option("--input-size", type=click.IntRange(8, 8192), default=None, help="Inference resolution in pixels: the longer side (or the shorter, where the card says so, e.g. torchvision's). [default: from the card, 512]"),
     click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision. [default: fp16 on CUDA, fp32 on CPU]"),
     click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True, help="Channel width multiplier for random-init models (tests, quick trials)."),
@@ -228,7 +228,8 @@ def worker(endpoint: str, threads: int | None, persist: bool, batch: int, max_wa
     model, card = load_model(mcfg)
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size)
     log = logging.getLogger("vidseg.worker")
-    log.info("%s on %s (%s), input %d", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.input_size)
+    log.info("%s on %s (%s), input %d (%s side)", card.name, seg.device, str(seg.dtype).replace("torch.", ""),
+             seg.input_size, card.input_side)
     stage = WorkerStage(seg, endpoint=endpoint, flow=_flow_cfg(kw), persist=persist, batch=batch, max_wait=max_wait,
                         curve_secret=curve_secret, curve_server_key=curve_server_key)
     stage.install_signal_handlers()

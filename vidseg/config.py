@@ -23,7 +23,7 @@ class ModelConfig:
     backbone: str | None = None
     weights: str | None = None
     num_classes: int | None = None
-    input_size: int | None = None  # longer side of the inference resolution, pixels
+    input_size: int | None = None  # inference resolution, pixels: the side the card names (longer by default)
     device: str = "auto"
     precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     width_mult: float | None = None

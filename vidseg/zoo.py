@@ -50,12 +50,15 @@ class ModelCard:
     preprocess: Preprocess = field(default_factory=Preprocess)
     align_corners: bool = False
     input_size: int = 512
+    input_side: str = "long"  # which side input_size sets: "long", or "short" (torchvision's resize_size)
     arch: dict[str, Any] = field(default_factory=dict)  # extra builder kwargs (width_mult, stem, ...)
     weights: str | None = None
     sha256: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.input_side not in ("long", "short"):
+            raise ValueError(f"card {self.name}: input_side must be 'long' or 'short', got {self.input_side!r}")
         # Fill names and palette so every card can be displayed.
         if not self.class_names:
             object.__setattr__(self, "class_names", tuple(f"class{i}" for i in range(self.num_classes)))

@@ -173,9 +173,9 @@ def resolve_device(device: str, precision: str | None):
     return dev, dtype
 
 
-def inference_size(height: int, width: int, longer: int) -> tuple[int, int]:
-    """(h, w) with the longer side ``longer``, aspect kept, multiples of 8."""
-    s = longer / max(height, width)
+def inference_size(height: int, width: int, size: int, side: str = "long") -> tuple[int, int]:
+    """(h, w) with the ``side`` ("long" or "short") equal to ``size``, aspect kept, multiples of 8."""
+    s = size / (max(height, width) if side == "long" else min(height, width))
     h = max(8, int(round(height * s / 8)) * 8)
     w = max(8, int(round(width * s / 8)) * 8)
     return h, w
@@ -227,7 +227,7 @@ class Segmenter:
         import torch
 
         H, W = frames[0].shape[:2]
-        h, w = inference_size(H, W, self.input_size)
+        h, w = inference_size(H, W, self.input_size, self.card.input_side)
         batch = np.empty((len(frames), h, w, 3), np.float32)
         for i, f in enumerate(frames):
             img = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (H, W) else f
@@ -256,7 +256,7 @@ class Segmenter:
         import torch.nn.functional as F
 
         H, W = frames[0].shape[:2]
-        h, w = inference_size(H, W, self.input_size)
+        h, w = inference_size(H, W, self.input_size, self.card.input_side)
         host = self._staging((len(frames), H, W, 3))
         for i, f in enumerate(frames):
             host[i].numpy()[...] = f
