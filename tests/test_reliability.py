@@ -811,6 +811,11 @@ def test_supervisor_killed_stages_drain_and_exit_leaving_a_valid_output(clip120,
     wait_until(lambda: masks_written(tmp_path) >= 10, alive=(run,), what="10 frames written")
     children = children_of(run.pid)
     assert len(children) == 3, children
+    # run's private socket folder, from the source's command line (--bind ipc://DIR/dispatch)
+    argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
+    bind = next(a[a.index(b"--bind") + 1] for a in argvs if b"--bind" in a).decode()
+    sock_dir = Path(bind[len("ipc://"):]).parent
+    assert sock_dir.is_dir()
     run.signal(signal.SIGKILL)
     assert run.wait(10) == -signal.SIGKILL
     try:
@@ -823,6 +828,7 @@ def test_supervisor_killed_stages_drain_and_exit_leaving_a_valid_output(clip120,
     assert 10 <= len(got) <= 120 and got == list(range(len(got)))
     assert masks_written(tmp_path) == len(got)
     assert no_partials(tmp_path) == []
+    assert not sock_dir.exists()  # the source removed it: run could not
 
 
 # -- outputs readable like any file the user writes -------------------------------------------------------------

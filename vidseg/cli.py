@@ -198,6 +198,7 @@ def source(sources: tuple[str, ...], endpoint: str, mode: str | None, fps: float
         res = stage.run()
     finally:
         stage.close()
+        _remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
         log.info("stream %d done: %d frames sent, %d lost to decoding, %d dropped (live)", sid, n, res.lost[sid], res.dropped[sid])
@@ -360,9 +361,26 @@ def _launch(srcs: list[str], *, mode: str | None, workers: int, devices: list[st
         t = ["--threads", str(threads)] if dev in ("cpu", "auto") else []
         stages.append(Stage("worker", base + ["worker", "--connect", endpoint, "--device", dev] + t + model_args + flow + logv))
     try:
-        supervise(stages)
+        supervise(stages, env={"VIDSEG_RUN_DIR": tmp})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_run_dir(endpoint: str) -> None:
+    """Remove `run`'s private socket folder once the source has closed its endpoint.
+
+    `run` removes it too, but a `run` killed with -9 cannot; its stages still
+    exit (PDEATHSIG), and the source, the one that bound the socket, is the
+    last user. Only the folder `run` named in VIDSEG_RUN_DIR, and only once empty.
+    """
+    folder = os.environ.get("VIDSEG_RUN_DIR")
+    if not folder or not endpoint.startswith(f"ipc://{folder}/"):
+        return
+    try:
+        os.unlink(endpoint[len("ipc://"):])  # zmq may leave the socket file behind after close
+        os.rmdir(folder)
+    except OSError:
+        pass  # other files or already gone: run's own clean-up handles it
 
 
 def _flag_args(kw: dict, names: tuple[str, ...]) -> list[str]:
