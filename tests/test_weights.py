@@ -223,6 +223,10 @@ def test_card_arch_kwargs(imported):
     assert imported("bubbliiiing-deeplabv3plus-xception-c21")[2].arch == {"decoder_convs": 2, "output_stride": 16}
     assert imported("torchvision-deeplabv3_resnet50-c21-aux")[2].arch == {"stem": "torchvision", "output_stride": 8}
     assert imported("torchvision-deeplabv3_mobilenet_v3_large-c21-aux")[2].arch == {"output_stride": 16}
+    # torchvision evaluates with the SHORTER side resized to 520; the others set the longer side.
+    tv = imported("torchvision-deeplabv3_mobilenet_v3_large-c21-aux")[2]
+    assert (tv.input_size, tv.input_side) == (520, "short")
+    assert imported("vainf-deeplabv3plus_resnet50-c19")[2].input_side == "long"
     assert imported("vainf-deeplabv3plus_mobilenet-c19")[2].arch == {
         "backbone_padding": "input", "decoder_convs": 1, "output_stride": 16}
     # mmseg meta carries the class names of the dataset it was trained on
@@ -690,10 +694,15 @@ def test_jfzhang95_and_smp_fail_clearly():
            "aspp.aspp1.atrous_conv.weight": torch.zeros(1), "decoder.conv1.weight": torch.zeros(1)}
     with pytest.raises(InputError, match="jfzhang95.*DRN"):
         convert({"state_dict": drn}, "jfzhang95")
+    # smp's DeepLabV3Plus converts (test_weights_smp.py); its other architectures and timm encoders cannot
     smp = {"encoder.conv1.weight": torch.zeros(1), "segmentation_head.0.weight": torch.zeros(1)}
     assert detect_format(smp) == "smp"
-    with pytest.raises(InputError, match="separable"):
+    with pytest.raises(InputError, match="smp checkpoint of another architecture.*DeepLabV3Plus only"):
         convert(smp, "smp")
+    tu = {"encoder.model.stem_0.conv.weight": torch.zeros(1), "decoder.aspp.0.project.0.weight": torch.zeros(1),
+          "decoder.block1.0.weight": torch.zeros(1), "segmentation_head.0.weight": torch.zeros(1)}
+    with pytest.raises(InputError, match="timm.*tu-.*no network"):
+        convert(tu, "smp")
 
 
 # ------------------------------------------------------------------------ CLI command object

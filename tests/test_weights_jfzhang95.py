@@ -438,6 +438,7 @@ def test_import_matches_jfzhang95_exactly(sources, tmp_path, backbone):
     assert (card.architecture, card.backbone, card.num_classes) == ("deeplabv3plus", VIDSEG_BACKBONE[backbone], 21)
     assert card.arch == {**CARD_ARCH[backbone], "decoder_convs": 2, "output_stride": 16}
     assert card.align_corners is True and card.class_names == VOC_CLASSES and len(card.palette) == 21
+    assert (card.input_size, card.input_side) == (513, "short")  # FixScaleCrop: shorter side to 513
     pp = card.preprocess
     assert (pp.channel_order, pp.scale, pp.mean, pp.std) == ("RGB", 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
     model = _load(dst)

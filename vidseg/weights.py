@@ -32,12 +32,20 @@ jfzhang95      deeplabv3plus resnet101     ``{'state_dict': ...}`` unwrapped, ``
                dilation_rule=jfzhang95) /
                xception (xception_flavour
                =jfzhang95), decoder_convs=2
-smp            -                           recognised; separable ASPP/decoder convs
+smp            deeplabv3plus resnet50/101  plain state dict; ``encoder.*`` -> ``backbone.*``
+               (stem=torchvision,          (MobileNetV2 split into low/high_level_features),
+               contract_dilation=False) /  ``decoder.aspp.0`` -> ``classifier.aspp`` (1:1),
+               mobilenetv2 (dilation_rule  ``decoder.aspp.{1,2}`` -> ``classifier.aspp_conv``,
+               =smp, last_conv=True),      ``block1`` -> ``classifier.project``, ``block2`` and
+               head=smp, decoder_convs=1,  ``segmentation_head`` -> ``classifier.classifier``
+               aspp_rates=(12, 24, 36)     ([ASPP, low] permuted); other encoders are refused
 ============== =========================== ====================================================
 
-The last one raises :class:`~vidseg.errors.InputError` saying what vidseg's
-networks lack: importing it into a look-alike network would give wrong
-masks without any error.
+What vidseg has no network for - VainF's DeepLabV3 and HRNet, torchvision's
+LR-ASPP and FCN, jfzhang95's DRN, smp's timm (``tu-*``), efficientnet and
+other encoders - raises :class:`~vidseg.errors.InputError` saying what is
+missing: importing it into a look-alike network would give wrong masks
+without any error.
 
 VainF's MobileNetV2 pads each inverted-residual block's INPUT (before the 1x1
 expansion conv, so the border of the expanded tensor is
@@ -58,6 +66,17 @@ its aligned Xception takes ``relu(block1)`` as the low-level feature and
 dilates the exit flow twice as much. The card records the options that build
 each (see :mod:`vidseg.nets.deeplabv3plus`); output stride 16 unless
 ``--output-stride 8``, as for VainF.
+
+segmentation_models_pytorch's DeepLabV3Plus (old releases and the current
+one share its keys and, at default arguments, its function) is built with
+``head="smp"``: separable ASPP branches, one more
+separable conv after the ASPP and a separable decoder conv, ASPP rates
+(12, 24, 36) at either output stride, ``align_corners=True`` upsamplings.
+Its ``make_dilated`` dilates EVERY conv of the last stage (OS 8: the last
+two), first block included: ResNet ``contract_dilation=False``, MobileNetV2
+``dilation_rule="smp"``, whose encoder keeps features.18 (``last_conv``).
+smp needs input sizes divisible by the output stride; vidseg resizes to the
+low-level and the input size instead, the same function on those sizes.
 """
 from __future__ import annotations
 
@@ -91,8 +110,8 @@ __all__ = [
 ]
 
 # Every format detect_format can name; SUPPORTED_FORMATS convert.
-SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision", "jfzhang95")
-FORMATS = SUPPORTED_FORMATS + ("smp",)
+SUPPORTED_FORMATS = ("ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision", "jfzhang95", "smp")
+FORMATS = SUPPORTED_FORMATS  # all convert; unsupported variants of each are refused by its converter
 SOURCES = {
     "ccnet-official": "official CCNet (speedinghzl/CCNet)",
     "mmseg": "mmsegmentation CCNet",
@@ -223,7 +242,8 @@ def _input_size(num_classes: int, default: int = 512) -> int:
 
 
 def _card(fmt: str, architecture: str, backbone: str, num_classes: int, *, arch: dict, preprocess: Preprocess,
-          align_corners: bool, input_size: int, meta: dict | None = None, note: str = "") -> ModelCard:
+          align_corners: bool, input_size: int, meta: dict | None = None, note: str = "",
+          input_side: str = "long") -> ModelCard:
     names, palette = _classes(num_classes, meta)
     desc = f"imported from {SOURCES[fmt]} ({fmt})" + (f"; {note}" if note else "")
     return ModelCard(
@@ -236,6 +256,7 @@ def _card(fmt: str, architecture: str, backbone: str, num_classes: int, *, arch:
         preprocess=preprocess,
         align_corners=align_corners,
         input_size=input_size,
+        input_side=input_side,
         arch=dict(arch),
         description=desc,
     )
@@ -594,7 +615,7 @@ def _torchvision(state: dict, meta: dict, num_classes: int | None, aux: bool, **
         "torchvision", "deeplabv3", backbone, n, arch=arch,
         preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         # torchvision's reference evaluation resizes the short side to 520.
-        align_corners=False, input_size=520, meta=meta,
+        align_corners=False, input_size=520, input_side="short", meta=meta,
     )
     return card, out
 
@@ -706,16 +727,116 @@ def _jfzhang95(state: dict, meta: dict, num_classes: int | None, aux: bool, outp
     card = _card(
         "jfzhang95", "deeplabv3plus", backbone, n, arch=arch,
         preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        align_corners=True, input_size=_input_size(n, 513), meta=meta,  # 513: its VOC crop size
+        # 513: its VOC crop size; its evaluation resizes the SHORTER side to it (FixScaleCrop).
+        align_corners=True, input_size=_input_size(n, 513), input_side="long" if n == 19 else "short", meta=meta,
     )
     return card, out
 
 
-def _smp(state: dict, *_: Any, **__: Any):
-    raise InputError(
-        "segmentation_models_pytorch checkpoint: its DeepLabV3+ uses depthwise-separable ASPP and decoder convs, "
-        "which vidseg's DeepLabV3+ does not have; use a VainF or bubbliiiing DeepLabV3+ checkpoint instead"
+_SMP_HEAD = [  # (smp prefix, vidseg prefix); decoder.block2.0 is also permuted, see _smp
+    ("decoder.aspp.0.", "classifier.aspp."),  # the ASPP itself: vidseg's separable ASPP has smp's names
+    ("decoder.aspp.1.", "classifier.aspp_conv.0."), ("decoder.aspp.2.", "classifier.aspp_conv.1."),
+    ("decoder.block1.", "classifier.project."),
+    ("decoder.block2.0.", "classifier.classifier.0."), ("decoder.block2.1.", "classifier.classifier.1."),
+    ("segmentation_head.0.", "classifier.classifier.3."),
+]
+_SMP_ENCODERS = "vidseg imports smp's resnet50, resnet101 and mobilenet_v2 encoders"
+# Key patterns of smp encoders vidseg has no network for -> the name to tell the user.
+_SMP_OTHER_ENCODERS = [
+    ("model.", "a timm-based ('tu-...' or 'timm-...') encoder (encoder.model.*)"),
+    ("_blocks.", "an efficientnet encoder"), ("blocks.", "a timm efficientnet/mobilenetv3 encoder"),
+    ("layer0.", "a senet/se-resnet encoder"), ("features.denseblock1.", "a densenet encoder"),
+    ("block1.rep.", "an xception encoder"), ("features.0.weight", "a vgg encoder"),
+]
+
+
+def _smp_encoder(state: dict) -> tuple[str, dict, dict]:
+    """``(vidseg backbone, card arch, backbone.* state)`` for smp's resnet50/101 and mobilenet_v2 encoders."""
+    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if "conv1.weight" in enc and _has(enc, "layer1.") and not _has(enc, "layer1.0.conv3."):
+        raise InputError("smp checkpoint with a resnet18/34 encoder (basic blocks): vidseg's ResNets are the "
+                         f"bottleneck ones; {_SMP_ENCODERS}")
+    if "conv1.weight" in enc and "layer1.0.conv2.weight" in enc:
+        if not _has(enc, "layer4."):
+            raise InputError(f"smp checkpoint with encoder_depth < 5 (no encoder.layer4); {_SMP_ENCODERS} at depth 5")
+        w = enc["layer1.0.conv2.weight"]
+        if w.shape[0] != w.shape[1]:
+            raise InputError(f"smp checkpoint with a grouped-conv (resnext) encoder; {_SMP_ENCODERS}")
+        if tuple(enc["conv1.weight"].shape) != (64, 3, 7, 7):
+            raise InputError(f"smp encoder whose first conv is {tuple(enc['conv1.weight'].shape)}, not (64, 3, 7, 7) "
+                             "(in_channels other than 3?); vidseg reads RGB frames")
+        backbone = _resnet_depth(state, "encoder.", "smp")
+        # smp's make_dilated gives every conv of the dilated stage(s) the full dilation: no contraction.
+        arch: dict = {"stem": "torchvision", "contract_dilation": False}
+        return backbone, arch, {f"backbone.{k}": v for k, v in enc.items()}
+    if "features.18.0.weight" in enc and "features.1.conv.0.0.weight" in enc and not _has(enc, "features.19."):
+        if tuple(enc["features.0.0.weight"].shape) != (32, 3, 3, 3) or \
+                tuple(enc["features.18.0.weight"].shape) != (1280, 320, 1, 1):
+            raise InputError("smp mobilenet_v2 encoder with other widths or input channels; vidseg imports the "
+                             "standard one (32-channel stem, 1280-channel features.18) on RGB frames")
+        out = {}
+        for k, v in enc.items():
+            m = re.match(r"features\.(\d+)\.(.*)$", k)
+            if not m:
+                raise InputError(f"smp mobilenet_v2 key encoder.{k} has an unexpected layout; vidseg cannot map it")
+            part = "low_level_features" if int(m.group(1)) < 4 else "high_level_features"  # features[3]: stride 4
+            out[f"backbone.{part}.{m.group(1)}.{m.group(2)}"] = v
+        # Stride turned into dilation 2 (OS 8: 2, then 4) for the whole stage, first block included;
+        # features.18 (1x1 conv to 1280) is the encoder's last feature, the ASPP's input.
+        return "mobilenetv2", {"dilation_rule": "smp", "last_conv": True}, out
+    what = next((name for pat, name in _SMP_OTHER_ENCODERS if _has(enc, pat)), None)
+    if what is None:
+        tops = sorted({k.split(".")[0] for k in enc})
+        what = "an unknown encoder (" + ", ".join(f"encoder.{t}" for t in tops[:3]) + ")"
+    raise InputError(f"smp checkpoint with {what}: vidseg has no network for it; {_SMP_ENCODERS}")
+
+
+def _smp(state: dict, meta: dict, num_classes: int | None, aux: bool, output_stride: int | None = None,
+         **_: Any) -> tuple[ModelCard, dict]:
+    import torch
+
+    if not _has(state, "decoder.block1.") or not _has(state, "decoder.aspp."):
+        parts = sorted({k.split(".")[1] for k in state if k.startswith("decoder.") and k.count(".") > 1})
+        seen = ", ".join(f"decoder.{p}" for p in parts[:3]) or "no decoder.aspp/block1"
+        raise InputError(f"smp checkpoint of another architecture than DeepLabV3Plus ({seen}); "
+                         "vidseg imports smp DeepLabV3Plus only")
+    if "decoder.aspp.0.convs.1.0.weight" in state:
+        raise InputError("smp DeepLabV3Plus built with decoder_aspp_separable=False: vidseg's smp head has "
+                         "separable ASPP branches only (smp's default); use a checkpoint trained with the default")
+    # The encoder first: an unsupported one is the likeliest reason a DeepLabV3Plus cannot import.
+    backbone, arch, out = _smp_encoder(state)
+    _need(state, ("decoder.aspp.0.project.0.weight", "decoder.aspp.1.0.weight", "decoder.block1.0.weight",
+                  "decoder.block2.0.0.weight", "decoder.block2.0.1.weight", "segmentation_head.0.weight",
+                  "segmentation_head.0.bias"), "smp DeepLabV3Plus")
+    channels = int(state["decoder.aspp.0.project.0.weight"].shape[0])
+    if channels != 256:
+        raise InputError(f"smp DeepLabV3Plus with decoder_channels={channels}: vidseg's head has 256; "
+                         "use a checkpoint trained with the default decoder_channels")
+    if aux:
+        raise InputError("--keep-aux: smp's auxiliary output is an image classification head, which vidseg's "
+                         "networks do not have; drop --keep-aux")
+    n = _num_classes(state, "segmentation_head.0.weight", num_classes)
+    # aux_params: an image-level classification head vidseg has no use for.
+    head = {k: v for k, v in state.items() if not k.startswith(("encoder.", "classification_head."))}
+    unmapped = [k for k in head if not any(k.startswith(old) for old, _ in _SMP_HEAD)]
+    if unmapped:
+        raise InputError(f"smp checkpoint has keys vidseg cannot map ({', '.join(sorted(unmapped)[:3])}); "
+                         "is it a DeepLabV3Plus of segmentation_models_pytorch?")
+    out.update(_rename(head, _SMP_HEAD))
+    # smp concatenates [ASPP, low-level]; vidseg [low-level, ASPP]. The separable conv reading the
+    # concatenation is depthwise (one filter per input channel) then pointwise: permute both.
+    dw, pw = out["classifier.classifier.0.0.weight"], out["classifier.classifier.0.1.weight"]
+    out["classifier.classifier.0.0.weight"] = torch.cat([dw[channels:], dw[:channels]], dim=0)
+    out["classifier.classifier.0.1.weight"] = torch.cat([pw[:, channels:], pw[:, :channels]], dim=1)
+    # The ASPP rates are smp's default decoder_atrous_rates, at either output stride (the weights do not tell).
+    arch.update(head="smp", decoder_convs=1, aspp_rates=(12, 24, 36), output_stride=int(output_stride or 16))
+    card = _card(
+        "smp", "deeplabv3plus", backbone, n, arch=arch,
+        # smp's ImageNet encoders: get_preprocessing_params -> input_range [0, 1], ImageNet mean/std
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        align_corners=True, input_size=_input_size(n), meta=meta,  # nn.UpsamplingBilinear2d: align_corners=True
     )
+    return card, out
 
 
 _CONVERTERS = {
@@ -876,7 +997,7 @@ def card_summary(card: ModelCard) -> str:
     arch = ", ".join(f"{k}={v}" for k, v in sorted(card.arch.items())) or "defaults"
     lines = [
         f"{card.weights or card.name}: {card.architecture}/{card.backbone}, {card.num_classes} classes ({names})",
-        f"  arch: {arch}; align_corners={card.align_corners}; input size {card.input_size}",
+        f"  arch: {arch}; align_corners={card.align_corners}; input size {card.input_size} ({card.input_side}er side)",
         f"  preprocess: {pp.channel_order}, x*{scale}, mean {tuple(round(m, 4) for m in pp.mean)}, "
         f"std {tuple(round(s, 4) for s in pp.std)}",
         f"  {card.description}",
@@ -899,7 +1020,8 @@ class _Group(click.Group):
 
 weights_group = _Group(
     "weights",
-    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF, bubbliiiing and jfzhang95 DeepLabV3+, torchvision DeepLabV3) into vidseg's format.",
+    help="Import public checkpoints (official CCNet, mmseg CCNet, VainF, bubbliiiing, jfzhang95 and "
+         "segmentation_models_pytorch DeepLabV3+, torchvision DeepLabV3) into vidseg's format.",
 )
 
 

@@ -42,6 +42,21 @@ Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
   with ``backbone_padding="input-padded-stem", dilation_rule="jfzhang95"``
   (flat blocks nested); xception with ``xception_flavour="jfzhang95"``
   (``rep.N`` renamed to ``sepconvK``). ``align_corners=True``.
+* segmentation_models_pytorch (smp) ``DeepLabV3Plus`` (plain state dict):
+  ``head="smp"`` builds its decoder - separable ASPP branches, one more
+  separable 3x3 conv + BN + ReLU after the ASPP, one separable 3x3 decoder
+  conv (``decoder_convs=1``), rates (12, 24, 36) at either output stride -
+  named as smp names it where vidseg has no module of its own:
+  ``decoder.aspp.0.*`` -> ``classifier.aspp.*`` (1:1), ``decoder.aspp.{1,2}``
+  -> ``classifier.aspp_conv.{0,1}``, ``decoder.block1`` -> ``classifier.project``,
+  ``decoder.block2.{0,1}`` -> ``classifier.classifier.{0,1}`` ([ASPP, low]
+  concat permuted in both the depthwise and the pointwise weights),
+  ``segmentation_head.0`` -> ``classifier.classifier.3``. Its upsamplings
+  (``UpsamplingBilinear2d``) are ``align_corners=True`` resizes to the low-level
+  and the input size. Encoders: resnet50/101 (``stem="torchvision",
+  contract_dilation=False``: smp's ``make_dilated`` dilates every block of a
+  dilated stage fully), mobilenet_v2 (``dilation_rule="smp", last_conv=True``:
+  features.18, the 1x1 conv to 1280, feeds the ASPP).
 * torchvision deeplabv3_* (not "plus"): ``backbone.*`` and
   ``aux_classifier.*`` map 1:1 (resnet), ``classifier.0.*`` ->
   ``classifier.aspp.*``; it has no decoder, so only backbone + ASPP transfer.
@@ -53,16 +68,25 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .aspp import ASPP
+from .aspp import ASPP, SeparableConv2d
 from .backbones import BACKBONES, build_backbone
 from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
 from .registry import register_model
 
-__all__ = ["DeepLabV3Plus", "DeepLabV3PlusHead", "deeplabv3plus"]
+__all__ = ["DeepLabV3Plus", "DeepLabV3PlusHead", "HEADS", "deeplabv3plus"]
+
+# "plain": 3x3 convs (VainF, bubbliiiing, jfzhang95, vidseg's own); "smp": segmentation_models_pytorch's
+# depthwise-separable ASPP and decoder, with one more separable conv after the ASPP.
+HEADS = ("plain", "smp")
+SMP_RATES = (12, 24, 36)
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """ASPP on the high-level features, fused with projected stride-4 features."""
+    """ASPP on the high-level features, fused with projected stride-4 features.
+
+    ``separable`` (smp's decoder): separable ASPP branches, ``aspp_conv``
+    (separable 3x3 conv, BN, ReLU) on the ASPP output, separable decoder convs.
+    """
 
     def __init__(
         self,
@@ -76,28 +100,35 @@ class DeepLabV3PlusHead(nn.Module):
         aspp_dropout: float = 0.1,
         decoder_convs: int = 2,
         align_corners: bool = False,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         self.align_corners = align_corners
         self.project = nn.Sequential(
             nn.Conv2d(low_channels, low_out, 1, bias=False), nn.BatchNorm2d(low_out), nn.ReLU(inplace=True)
         )
-        self.aspp = ASPP(in_channels, rates, channels, dropout=aspp_dropout)
+        self.aspp = ASPP(in_channels, rates, channels, dropout=aspp_dropout, separable=separable)
+        self.aspp_conv = (
+            nn.Sequential(SeparableConv2d(channels, channels), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+            if separable else None
+        )
         layers: list[nn.Module] = []
         cin = low_out + channels
         for _ in range(decoder_convs):
-            layers += [
-                nn.Conv2d(cin, channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU(inplace=True),
-            ]
+            conv = SeparableConv2d(cin, channels) if separable else nn.Conv2d(cin, channels, 3, padding=1, bias=False)
+            layers += [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
             cin = channels
         layers.append(nn.Conv2d(channels, num_classes, 1))
         self.classifier = nn.Sequential(*layers)
 
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         low = self.project(low)
-        high = resize(self.aspp(high), low.shape[-2:], self.align_corners)
+        high = self.aspp(high)
+        if self.aspp_conv is not None:
+            high = self.aspp_conv(high)
+        # smp upsamples by 4 (2 at OS 8) with align_corners=True: the same resize wherever the input
+        # size is divisible by the output stride; resizing to the size also serves every other size.
+        high = resize(high, low.shape[-2:], self.align_corners)
         return self.classifier(torch.cat([low, high], dim=1))
 
 
@@ -115,8 +146,12 @@ class DeepLabV3Plus(nn.Module):
         rates: Sequence[int] = (6, 12, 18),
         aspp_dropout: float = 0.1,
         decoder_convs: int = 2,
+        head: str = "plain",
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown DeepLabV3+ head {head!r}; choose one of: {', '.join(HEADS)}")
+        self.head_type = head  # not `self.head`: CCNet has a `head` module and callers test for it
         self.num_classes = int(num_classes)
         self.align_corners = bool(align_corners)
         self.aux = bool(aux)
@@ -133,6 +168,7 @@ class DeepLabV3Plus(nn.Module):
             aspp_dropout=aspp_dropout,
             decoder_convs=decoder_convs,
             align_corners=align_corners,
+            separable=head == "smp",
         )
         # torchvision's FCNHead on the stride-8/16 features (aux_classifier.{0,1,4}).
         self.aux_classifier = FCNHead(feat["aux"], num_classes) if aux else None
@@ -163,13 +199,15 @@ def deeplabv3plus(
     output_stride: int = 16,
     stem: str | None = None,
     aspp_rates: Sequence[int] | None = None,
-    aspp_dropout: float = 0.1,
-    decoder_convs: int = 2,
+    aspp_dropout: float | None = None,
+    decoder_convs: int | None = None,
     backbone_padding: str | None = None,
     contract_dilation: bool | None = None,
     multi_grid: Sequence[int] | None = None,
     dilation_rule: str | None = None,
     xception_flavour: str | None = None,
+    head: str = "plain",
+    last_conv: bool | None = None,
 ) -> DeepLabV3Plus:
     """Build a randomly initialised DeepLabV3+.
 
@@ -184,9 +222,12 @@ def deeplabv3plus(
         output_stride: 8 or 16 (default).
         stem: ResNet flavour, default ``"torchvision"`` (VainF); also
             ``"deep"``, ``"mmseg"``. ResNet backbones only.
-        aspp_rates: default (6, 12, 18) at output stride 16, doubled at 8.
-        aspp_dropout: dropout after the ASPP projection (VainF 0.1, paper 0.5 in some code).
-        decoder_convs: 3x3 convs in the decoder: 2 (paper, default) or 1 (VainF).
+        aspp_rates: default (6, 12, 18) at output stride 16, doubled at 8;
+            ``head="smp"``: (12, 24, 36) at either stride, as smp.
+        aspp_dropout: dropout after the ASPP projection (default 0.1 as VainF;
+            ``head="smp"``: 0.5).
+        decoder_convs: 3x3 convs in the decoder: 2 (paper, default) or 1 (VainF;
+            the default with ``head="smp"``).
         backbone_padding: MobileNetV2 only: ``"same"`` (default) or
             ``"input"`` (VainF's: each block pads its input, the stem conv
             is unpadded; see :mod:`vidseg.nets.backbones.mobilenetv2`) or
@@ -200,10 +241,21 @@ def deeplabv3plus(
             ``"jfzhang95"`` (which blocks dilate once the output stride is reached).
         xception_flavour: xception only: ``"seed"`` (default) or ``"jfzhang95"``
             (low-level features from block1; see :mod:`vidseg.nets.backbones.xception`).
+        head: ``"plain"`` (default; 3x3 convs) or ``"smp"`` (segmentation_models_pytorch's:
+            separable ASPP and decoder convs, an extra separable conv after the ASPP;
+            give it ``align_corners=True`` as smp upsamples).
+        last_conv: MobileNetV2 only: keep torchvision's features.18 (1x1 conv to
+            1280, BN, ReLU6) as the last feature (smp's encoder); default False.
     """
     width_mult = check_width_mult(width_mult)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be one of [8, 16], got {output_stride!r}")
+    if head not in HEADS:
+        raise ValueError(f"unknown DeepLabV3+ head {head!r}; choose one of: {', '.join(HEADS)}")
+    if decoder_convs is None:
+        decoder_convs = 1 if head == "smp" else 2
+    if aspp_dropout is None:
+        aspp_dropout = 0.5 if head == "smp" else 0.1
     if decoder_convs not in (1, 2):
         raise ValueError(f"decoder_convs must be 1 or 2, got {decoder_convs!r}")
     if backbone.startswith("resnet") and stem is None:
@@ -214,12 +266,17 @@ def deeplabv3plus(
     if xception_flavour is not None and backbone != "xception":
         raise ValueError(f"xception_flavour={xception_flavour!r} applies to the xception backbone only, "
                          f"not {backbone!r}")
-    rates = tuple(aspp_rates) if aspp_rates is not None else tuple(r * 16 // output_stride for r in (6, 12, 18))
+    if aspp_rates is not None:
+        rates = tuple(aspp_rates)
+    elif head == "smp":
+        rates = SMP_RATES  # smp's decoder_atrous_rates do not follow the output stride
+    else:
+        rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
     if len(rates) != 3:
         raise ValueError(f"aspp_rates needs 3 rates, got {rates!r}")
     net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem,
                          padding=backbone_padding, contract_dilation=contract_dilation, multi_grid=multi_grid,
-                         dilation_rule=dilation_rule, flavour=xception_flavour)
+                         dilation_rule=dilation_rule, flavour=xception_flavour, last_conv=last_conv)
     return DeepLabV3Plus(
         net,
         num_classes=num_classes,
@@ -229,4 +286,5 @@ def deeplabv3plus(
         rates=rates,
         aspp_dropout=aspp_dropout,
         decoder_convs=decoder_convs,
+        head=head,
     )

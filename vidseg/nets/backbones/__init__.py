@@ -29,13 +29,14 @@ BACKBONES = ("mobilenetv2", "resnet50", "resnet101", "xception", "xception-legac
 def build_backbone(name: str, *, output_stride: int, width_mult: float = 1.0, stem: str | None = None,
                    padding: str | None = None, contract_dilation: bool | None = None,
                    multi_grid: Sequence[int] | None = None, dilation_rule: str | None = None,
-                   flavour: str | None = None) -> nn.Module:
+                   flavour: str | None = None, last_conv: bool | None = None) -> nn.Module:
     """Build backbone ``name``.
 
     ``stem`` (default ``"deep"``), ``contract_dilation`` and ``multi_grid``
     only apply to the ResNets; ``padding`` (``"same"``, the default,
-    ``"input"`` or ``"input-padded-stem"``) and ``dilation_rule``
-    (``"vainf"``, the default, or ``"jfzhang95"``) only to mobilenetv2;
+    ``"input"`` or ``"input-padded-stem"``), ``dilation_rule`` (``"vainf"``,
+    the default, ``"jfzhang95"`` or ``"smp"``) and ``last_conv`` (keep the
+    1x1 conv to 1280 channels; default False) only to mobilenetv2;
     ``flavour`` (``"seed"``, the default, or ``"jfzhang95"``) only to xception.
     None keeps each backbone's default.
     """
@@ -43,6 +44,7 @@ def build_backbone(name: str, *, output_stride: int, width_mult: float = 1.0, st
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     only = {
         "padding": (padding, "mobilenetv2"), "dilation_rule": (dilation_rule, "mobilenetv2"),
+        "last_conv": (last_conv, "mobilenetv2"),
         "contract_dilation": (contract_dilation, "resnet"), "multi_grid": (multi_grid, "resnet"),
         "flavour": (flavour, "xception"),
     }
@@ -57,7 +59,7 @@ def build_backbone(name: str, *, output_stride: int, width_mult: float = 1.0, st
         raise ValueError(f"stem={stem!r} applies to the resnet backbones only, not {name!r}")
     if name == "mobilenetv2":
         return MobileNetV2(output_stride=output_stride, width_mult=width_mult, padding=padding or "same",
-                           dilation_rule=dilation_rule or "vainf")
+                           dilation_rule=dilation_rule or "vainf", last_conv=bool(last_conv))
     if name == "xception-legacy":
         return LegacyXception(output_stride=output_stride, width_mult=width_mult)
     return AlignedXception(output_stride=output_stride, width_mult=width_mult, flavour=flavour or "seed")

@@ -6,10 +6,12 @@ The blocks are torchvision's (``conv.0.0`` expand, ``conv.1.0`` depthwise,
 ``high_level_features`` (features 4-17 under their ORIGINAL indices, 320
 channels out; the final 1x1 conv to 1280 is dropped). torchvision ImageNet
 weights map with ``features.{i}`` -> ``low_level_features.{i}`` (i < 4) or
-``high_level_features.{i}`` (4 <= i <= 17).
+``high_level_features.{i}`` (4 <= i <= 17). ``last_conv=True`` keeps that
+1x1 conv (ConvBNReLU 320 -> 1280) as ``high_level_features.18``, the
+``out`` feature (segmentation_models_pytorch's encoder; ``features.18``).
 
 Stride is replaced by dilation once ``output_stride`` is reached.
-``dilation_rule`` says how (same weights, two functions):
+``dilation_rule`` says how (same weights, three functions):
 
 * ``"vainf"`` (default; VainF, torchvision-style): a stage that would stride
   multiplies the dilation by its stride, and its FIRST block keeps the
@@ -18,6 +20,9 @@ Stride is replaced by dilation once ``output_stride`` is reached.
   every block of a stage takes the running ``rate`` and only then is the rate
   multiplied by the stage's stride (OS16: the 160-channel stage is not
   dilated at all; 320: 2. OS8: 64: 1, 96: 2, 160: 2, 320: 4).
+* ``"smp"`` (segmentation_models_pytorch's ``make_dilated``): a stage that
+  would stride multiplies the dilation by its stride for ALL its blocks, the
+  first included (OS16: 160: 2, 2, 2; 320: 2. OS8: 64: 2, 96: 2, 160: 4, 320: 4).
 
 Padding (same weights, two functions):
 
@@ -44,7 +49,7 @@ from ..layers import MinSizeConv2d, init_weights, make_divisible
 __all__ = ["DILATION_RULES", "MobileNetV2", "PADDINGS", "fixed_padding"]
 
 PADDINGS = ("same", "input", "input-padded-stem")
-DILATION_RULES = ("vainf", "jfzhang95")
+DILATION_RULES = ("vainf", "jfzhang95", "smp")
 
 # expansion t, channels c, repeats n, stride s
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -102,11 +107,12 @@ class MobileNetV2(nn.Module):
 
     ``padding``: ``"same"`` (default), ``"input"`` (VainF's) or
     ``"input-padded-stem"`` (jfzhang95's); ``dilation_rule``: ``"vainf"``
-    (default) or ``"jfzhang95"`` - see the module docstring.
+    (default), ``"jfzhang95"`` or ``"smp"``; ``last_conv``: keep the 1x1 conv
+    to 1280 channels (``out`` then has 1280) - see the module docstring.
     """
 
     def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, padding: str = "same",
-                 dilation_rule: str = "vainf") -> None:
+                 dilation_rule: str = "vainf", last_conv: bool = False) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be one of [8, 16, 32], got {output_stride!r}")
@@ -136,6 +142,9 @@ class MobileNetV2(nn.Module):
             elif dilation_rule == "vainf":
                 stride, first, dilation = 1, dilation, dilation * s
                 rest = dilation
+            elif dilation_rule == "smp":  # every conv of the stage dilated, the first block's too
+                stride, dilation = 1, dilation * s
+                first = rest = dilation
             else:  # jfzhang95: the whole stage at the running rate, which grows for the next stage
                 stride, first, rest = 1, dilation, dilation
                 dilation *= s
@@ -147,6 +156,12 @@ class MobileNetV2(nn.Module):
                 input_channel = output_channel
             if c == 96:
                 aux_channels = output_channel
+        self.last_conv = bool(last_conv)
+        if last_conv:
+            # torchvision's features.18; its 1x1 conv is unaffected by dilation
+            last_channel = make_divisible(1280 * max(1.0, width_mult))
+            features.append(ConvBNReLU(input_channel, last_channel, kernel_size=1))
+            input_channel = last_channel
         self.low_level_features = nn.Sequential(*features[:_LOW_END])
         self.high_level_features = nn.Sequential(
             OrderedDict((str(i), m) for i, m in enumerate(features) if i >= _LOW_END)

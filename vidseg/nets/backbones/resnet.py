@@ -21,7 +21,9 @@ torchvision 7x7 3->64               padding 1                      dilation // 2
 Strides sit on the 3x3 convolution ("ResNet v1.5" / mmseg ``style='pytorch'``).
 
 Two options override what the stem implies, for jfzhang95's
-pytorch-deeplab-xception (torchvision stem, no contraction, multi-grid):
+pytorch-deeplab-xception (torchvision stem, no contraction, multi-grid) and
+segmentation_models_pytorch (torchvision stem, no contraction: its
+``make_dilated`` gives every conv of a dilated stage the stage's dilation):
 
 * ``contract_dilation``: whether the first block of a dilated stage takes
   ``dilation // 2`` (default: every stem but ``deep``);
