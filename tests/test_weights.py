@@ -177,6 +177,49 @@ def test_detection_leaves_vidseg_files_and_plain_dicts_alone(imported):
     assert detect_format([1, 2]) is None and detect_format({"a": 1}) is None
 
 
+def test_vidseg_state_dicts_are_not_taken_for_public_layouts():
+    """A plain state dict of vidseg's own deeplabv3 / smp-head model is the caller's model, not a public file."""
+    from vidseg.nets import build_model
+
+    def plain(name, **kw):
+        with torch.device("meta"):
+            return build_model(name, num_classes=4, **kw).state_dict()
+
+    assert detect_format(plain("deeplabv3", backbone="mobilenetv3", width_mult=0.5)) is None
+    assert detect_format(plain("deeplabv3", backbone="mobilenetv2")) is None
+    assert detect_format(plain("deeplabv3", backbone="resnet50", width_mult=0.25)) is None
+    assert detect_format(plain("deeplabv3plus", backbone="resnet50", head="smp")) is None
+    # while the public layouts themselves are still recognised (full width)
+    assert detect_format(plain("deeplabv3", backbone="mobilenetv3")) == "torchvision"
+    assert detect_format(plain("deeplabv3", backbone="resnet101")) == "torchvision"
+
+
+def test_arch_flags_agreeing_with_the_checkpoint_pass_and_others_fail(files):
+    from vidseg.weights import detect_and_convert
+
+    obj = torch.load(files("torchvision-deeplabv3_resnet50-c21-aux"), map_location="cpu", weights_only=True)
+    card, _ = detect_and_convert(obj, _cfg(arch=(("output_stride", 8),)))
+    assert card.arch["output_stride"] == 8
+    vainf = torch.load(files("vainf-deeplabv3plus_resnet50-c19"), map_location="cpu", weights_only=True)
+    card, _ = convert(vainf, "vainf")
+    with pytest.raises(InputError, match="contradict.*output_stride=8"):
+        detect_and_convert(vainf, _cfg(arch=(("output_stride", 8),)))
+
+
+def test_bad_arch_values_are_one_line_errors():
+    from vidseg.stages.infer import build_from_card
+    from vidseg.zoo import ModelCard
+
+    for arch, match in (({"multi_grid": 5}, "multi_grid needs 3 factors"),
+                        ({"backbone_padding": "input", "stem": "deep"}, "stem='deep' applies to the resnet"),
+                        ({"no_such_option": 1}, "unexpected keyword")):
+        card = ModelCard(name="t", architecture="deeplabv3plus", backbone="resnet50" if "multi_grid" in arch
+                         else "mobilenetv2", num_classes=3, arch={"width_mult": 0.125, **arch})
+        with pytest.raises(InputError, match=match) as e:
+            build_from_card(card, None)
+        assert "\n" not in str(e.value) and "cannot build deeplabv3plus" in str(e.value)
+
+
 # ------------------------------------------------------------------------ import, load, run
 
 
@@ -236,7 +279,7 @@ def test_card_arch_kwargs(imported):
 def test_overrides_for_what_the_weights_cannot_tell(files):
     obj = torch.load(files("mmseg-ccnet_r50-d8-c19-replica"), map_location="cpu", weights_only=True, mmap=True)
     assert convert(obj, "mmseg", align_corners=True)[0].align_corners is True
-    with pytest.raises(InputError, match="fixed output stride; drop --output-stride"):
+    with pytest.raises(InputError, match="output stride 8; drop --output-stride"):
         convert(obj, "mmseg", output_stride=16)
     obj = torch.load(files("bubbliiiing-deeplabv3plus-mobilenet-c21"), map_location="cpu", weights_only=True, mmap=True)
     card, _ = convert(obj, "bubbliiiing", output_stride=8, align_corners=False)
@@ -473,12 +516,12 @@ def _tvbn(x, sd, p, eps=1e-5):
                         False, 0.0, eps)
 
 
-def _tv_resnet(x, sd):
-    """torchvision resnet(replace_stride_with_dilation=[False, True, True]): returns (layer3, layer4)."""
+def _tv_resnet(x, sd, dilate=(False, True, True)):
+    """torchvision resnet(replace_stride_with_dilation=dilate): returns (layer3, layer4)."""
     x = F.relu(_tvbn(F.conv2d(x, sd["backbone.conv1.weight"], stride=2, padding=3), sd, "backbone.bn1"))
     x = F.max_pool2d(x, 3, 2, 1)
     dilation, feats = 1, []
-    for li, (stride, dilate) in enumerate(zip((1, 2, 2, 2), (False, False, True, True)), start=1):
+    for li, (stride, dilate) in enumerate(zip((1, 2, 2, 2), (False, *dilate)), start=1):
         previous = dilation
         if dilate:  # torchvision's _make_layer: the stride becomes dilation, the first block keeps the old one
             dilation, stride = dilation * stride, 1
@@ -526,18 +569,18 @@ def _tv_mobilenet_v3(x, sd):
     return aux, F.hardswish(bn(F.conv2d(x, sd["backbone.16.0.weight"]), "backbone.16.1"))
 
 
-def _tv_head(x, sd, size):
-    """torchvision DeepLabHead: ASPP(12, 24, 36) -> 3x3 conv -> BN -> ReLU -> 1x1, upsampled (align_corners False)."""
-    c = "classifier.0.convs"
+def _tv_head(x, sd, size, rates=(12, 24, 36), p="classifier"):
+    """torchvision's (and VainF's) DeepLabHead under ``p``: ASPP(rates) -> 3x3 conv -> BN -> ReLU -> 1x1,
+    upsampled (align_corners False)."""
+    c = f"{p}.0.convs"
     branches = [F.relu(_tvbn(F.conv2d(x, sd[f"{c}.0.0.weight"]), sd, f"{c}.0.1"))]
-    for i, r in enumerate((12, 24, 36), start=1):
+    for i, r in enumerate(rates, start=1):
         branches.append(F.relu(_tvbn(F.conv2d(x, sd[f"{c}.{i}.0.weight"], padding=r, dilation=r), sd, f"{c}.{i}.1")))
     pooled = F.relu(_tvbn(F.conv2d(F.adaptive_avg_pool2d(x, 1), sd[f"{c}.4.1.weight"]), sd, f"{c}.4.2"))
     branches.append(F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False))
-    y = F.relu(_tvbn(F.conv2d(torch.cat(branches, 1), sd["classifier.0.project.0.weight"]), sd,
-                     "classifier.0.project.1"))
-    y = F.relu(_tvbn(F.conv2d(y, sd["classifier.1.weight"], padding=1), sd, "classifier.2"))
-    y = F.conv2d(y, sd["classifier.4.weight"], sd["classifier.4.bias"])
+    y = F.relu(_tvbn(F.conv2d(torch.cat(branches, 1), sd[f"{p}.0.project.0.weight"]), sd, f"{p}.0.project.1"))
+    y = F.relu(_tvbn(F.conv2d(y, sd[f"{p}.1.weight"], padding=1), sd, f"{p}.2"))
+    y = F.conv2d(y, sd[f"{p}.4.weight"], sd[f"{p}.4.bias"])
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 

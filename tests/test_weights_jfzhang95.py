@@ -498,12 +498,19 @@ def test_unmappable_jfzhang95_checkpoints_fail_clearly():
         convert({"state_dict": drn}, "jfzhang95")
     odd = {"backbone.stage1.weight": torch.zeros(1), "aspp.aspp1.atrous_conv.weight": torch.zeros(1),
            "aspp.conv1.weight": torch.zeros(1), "decoder.conv1.weight": torch.zeros(1),
-           "decoder.last_conv.8.weight": torch.zeros(21, 256, 1, 1)}
+           "decoder.last_conv.0.weight": torch.zeros(1), "decoder.last_conv.8.weight": torch.zeros(21, 256, 1, 1)}
     with pytest.raises(InputError, match="unknown backbone"):
         convert(odd, "jfzhang95")
     sd = _jf_state("mobilenet")
     with pytest.raises(InputError, match="21 classes.*--num-classes 19"):
         convert(_jf_file(sd), "jfzhang95", num_classes=19)
+    # incomplete files and impossible requests: one line, never a KeyError traceback
+    partial = {k: v for k, v in sd.items() if not k.startswith("decoder.last_conv.0.")}
+    with pytest.raises(InputError, match="no decoder.last_conv.0.weight") as e:
+        convert(_jf_file(partial), "jfzhang95")
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="no auxiliary head; drop --keep-aux"):
+        convert(_jf_file(sd), "jfzhang95", aux=True)
 
 
 def test_cli_imports_jfzhang95(sources, tmp_path):

@@ -458,6 +458,21 @@ def test_unsupported_smp_checkpoints_fail_clearly(sources, tmp_path):
     _one_line_error(plain_aspp, "decoder_aspp_separable=False")
     _one_line_error(sd, "19 classes.*--num-classes 21", num_classes=21)
     _one_line_error(sd, "classification head.*drop --keep-aux", aux=True)
+    msd, _ = sources("mobilenet_v2")
+    no_stem = {k: v for k, v in msd.items() if not k.startswith("encoder.features.0.")}
+    _one_line_error(no_stem, "standard one")  # an incomplete MobileNet: a clear error, not a KeyError
+
+
+def test_list_valued_arch_flags_agree_with_tuple_cards(sources):
+    """--arch aspp_rates=[12,24,36] or a TOML list is the card's (12, 24, 36), not a contradiction."""
+    from vidseg.config import ModelConfig
+    from vidseg.weights import detect_and_convert
+
+    sd, _ = sources("resnet101")
+    card, _ = detect_and_convert(sd, ModelConfig(model=None, device="cpu", arch=(("aspp_rates", [12, 24, 36]),)))
+    assert card.arch["aspp_rates"] == (12, 24, 36)
+    with pytest.raises(InputError, match="contradict.*aspp_rates"):
+        detect_and_convert(sd, ModelConfig(model=None, device="cpu", arch=(("aspp_rates", [6, 12, 18]),)))
 
 
 def test_cli_imports_smp(sources, tmp_path):

@@ -21,7 +21,7 @@ from test_weights import _state, _tsv, files, imported  # noqa: F401  (files, im
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
 from vidseg.nets import build_model
-from vidseg.nets.backbones.mobilenetv2 import MinSizeConv2d
+from vidseg.nets.layers import MinSizeConv2d
 from vidseg.stages.infer import load_model
 from vidseg.weights import convert, import_checkpoint
 from vidseg.zoo import read_checkpoint
@@ -341,3 +341,47 @@ def test_min_size_conv_only_pads_what_a_plain_conv_cannot_take():
         small = torch.randn(1, 4, 3, 6)  # plain would need 7 rows / columns
         assert conv(small).shape == (1, 4, 1, 1)
         assert torch.equal(conv(small), plain(F.pad(small, (0, 1, 2, 2))))
+
+
+# ------------------------------------------------------------------------ VainF DeepLabV3 (no decoder)
+
+
+def _vainf_v3_state(backbone_stem: str, in_channels: int) -> dict[str, torch.Tensor]:
+    """VainF deeplabv3_*: the deeplabv3plus file's backbone + torchvision's DeepLabHead under classifier.classifier."""
+    state = {k: v for k, v in _state(backbone_stem, random=True).items() if k.startswith("backbone.")}
+    head = _state("torchvision-deeplabv3_resnet50-c21-aux", random=True)
+    g = torch.Generator().manual_seed(5)
+    for k, v in head.items():
+        if not k.startswith("classifier."):
+            continue
+        if v.dim() == 4 and v.shape[1] == 2048 and in_channels != 2048:  # ASPP input width of this backbone
+            fan_in = in_channels * v.shape[2] * v.shape[3]
+            v = torch.randn((v.shape[0], in_channels, *v.shape[2:]), generator=g) / fan_in ** 0.5
+        state["classifier.classifier." + k[len("classifier."):]] = v
+    return state
+
+
+@pytest.mark.parametrize("stem, in_ch", [("vainf-deeplabv3plus_resnet50-c19", 2048),
+                                         ("vainf-deeplabv3plus_mobilenet-c19", 320)])
+def test_vainf_deeplabv3_imports_exactly(stem, in_ch, tmp_path):
+    from test_weights import _tv_head, _tv_resnet
+
+    sd = _vainf_v3_state(stem, in_ch)
+    src = tmp_path / "best_deeplabv3.pth"
+    torch.save({"model_state": sd, "cur_itrs": 1000}, src)
+    card = import_checkpoint(str(src), str(tmp_path / "v3.pt"))  # auto-detected as vainf
+    assert card.architecture == "deeplabv3" and card.num_classes == 21
+    assert card.arch["aspp_rates"] == (6, 12, 18) and card.arch["output_stride"] == 16
+    model = _load(tmp_path / "v3.pt")
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 161, 225)  # an 11x15 map at OS16: wide enough that rate 6 and rate 12 differ
+    with torch.inference_mode():
+        if "resnet" in stem:
+            high = _tv_resnet(x, sd, dilate=(False, False, True))[1]  # VainF's OS16: only layer4 dilated
+        else:
+            high = _vainf_mobilenet(x, sd)[1]
+        ref = _tv_head(high, sd, x.shape[-2:], rates=(6, 12, 18), p="classifier.classifier")
+        got = model(x)
+    _max_diff(got, ref)  # asserts within 1e-4 of the largest logit
+    with pytest.raises(InputError, match="no auxiliary head"):
+        convert({"model_state": sd}, "vainf", aux=True)

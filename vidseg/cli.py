@@ -6,6 +6,7 @@ precedence is defaults < file < flags.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -376,11 +377,10 @@ def _remove_run_dir(endpoint: str) -> None:
     folder = os.environ.get("VIDSEG_RUN_DIR")
     if not folder or not endpoint.startswith(f"ipc://{folder}/"):
         return
-    try:
-        os.unlink(endpoint[len("ipc://"):])  # zmq may leave the socket file behind after close
-        os.rmdir(folder)
-    except OSError:
-        pass  # other files or already gone: run's own clean-up handles it
+    with contextlib.suppress(OSError):
+        os.unlink(endpoint[len("ipc://"):])  # libzmq may leave the socket file behind after close
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # not empty or already gone: run's own clean-up handles it
 
 
 def _flag_args(kw: dict, names: tuple[str, ...]) -> list[str]:
@@ -515,12 +515,12 @@ def models() -> None:
     from .nets import build_model, list_models
     from .zoo import zoo_cards
 
-    click.echo(f"{'model':<16} {'backbone':<12} {'params (19 cls)':>16}  notes")
+    click.echo(f"{'model':<16} {'backbone':<16} {'params (19 cls)':>16}  notes")
     for spec in list_models():
         for bb in spec.backbones:
             n = sum(p.numel() for p in build_model(spec.name, backbone=bb, num_classes=19).parameters())
             note = "default" if bb == spec.default_backbone else ""
-            click.echo(f"{spec.name:<16} {bb:<12} {n / 1e6:>14.2f} M  {note}")
+            click.echo(f"{spec.name:<16} {bb:<16} {n / 1e6:>14.2f} M  {note}")
     cards = zoo_cards()
     if cards:
         click.echo("\nzoo (use --model NAME):")

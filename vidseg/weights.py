@@ -16,8 +16,9 @@ mmseg          ccnet resnet50/101,         ``backbone.stem.*`` -> ``conv1..bn3``
                                            ``auxiliary_head`` dropped
 vainf          deeplabv3plus resnet50/101  1:1 (``{'model_state': ...}`` unwrapped);
                / mobilenetv2 /             MobileNetV2 built with backbone_padding="input"
-               xception-legacy,            (VainF's padding, see below); HRNetV2 is refused
-               decoder_convs=1
+               xception-legacy,            (VainF's padding, see below); HRNetV2 is refused.
+               decoder_convs=1; its        DeepLabV3: ``classifier.classifier.`` ->
+               deeplabv3_*: deeplabv3      ``classifier.``, ASPP rates 6/12/18 (OS 16)
 bubbliiiing    deeplabv3plus mobilenetv2   conv biases folded into the next BN's running_mean,
                / xception, decoder_convs=2 decoder input channels permuted ([ASPP, low] ->
                                            [low, ASPP]), flat MobileNetV2 blocks nested
@@ -41,7 +42,7 @@ smp            deeplabv3plus resnet50/101  plain state dict; ``encoder.*`` -> ``
                aspp_rates=(12, 24, 36)     ([ASPP, low] permuted); other encoders are refused
 ============== =========================== ====================================================
 
-What vidseg has no network for - VainF's DeepLabV3 and HRNet, torchvision's
+What vidseg has no network for - VainF's HRNet, torchvision's
 LR-ASPP and FCN, jfzhang95's DRN, smp's timm (``tu-*``), efficientnet and
 other encoders - raises :class:`~vidseg.errors.InputError` saying what is
 missing: importing it into a look-alike network would give wrong masks
@@ -195,13 +196,21 @@ def detect_format(obj: Any) -> str | None:
         _has(state, "classifier.0.convs.") or _has(state, "classifier.low_classifier.") or
         ("classifier.4.weight" in state and not _has(state, "classifier.classifier."))
     ):
-        return "torchvision"
+        # torchvision's backbones are full-width ResNets (7x7 stem) or MobileNetV3-Large (16-ch stem,
+        # backbone.0-16); a vidseg deeplabv3 state dict of another width or backbone is the caller's
+        # own model, not a torchvision file, and loads as it is.
+        conv1, mb0 = state.get("backbone.conv1.weight"), state.get("backbone.0.0.weight")
+        if (conv1 is not None and tuple(conv1.shape) == (64, 3, 7, 7)) or \
+                (mb0 is not None and tuple(mb0.shape) == (16, 3, 3, 3)):
+            return "torchvision"
+        return None
     if _has(state, "backbone.") and _has(state, "classifier.classifier."):
         # VainF's decoder has ONE 3x3 conv (classifier.classifier.{0,1,3}) and full
-        # widths; a vidseg deeplabv3plus state dict (2 decoder convs or width_mult)
-        # is the caller's own model, not a VainF file, and loads as it is.
+        # widths; a vidseg deeplabv3plus state dict (2 decoder convs, width_mult or
+        # the smp head) is the caller's own model, not a VainF file, and loads as it is.
         w = state.get("classifier.project.0.weight")
-        if w is not None and (w.shape[0] != 48 or "classifier.classifier.6.weight" in state):
+        if w is not None and (w.shape[0] != 48 or "classifier.classifier.6.weight" in state
+                              or _has(state, "classifier.aspp_conv.")):
             return None
         return "vainf"
     return None
@@ -454,14 +463,16 @@ def _mmseg(state: dict, meta: dict, num_classes: int | None, aux: bool, align_co
 
 def _vainf(state: dict, meta: dict, num_classes: int | None, aux: bool, output_stride: int | None = None,
            **_: Any) -> tuple[ModelCard, dict]:
-    if _has(state, "classifier.classifier.0.convs."):
-        raise InputError(
-            "VainF DeepLabV3 (not plus) checkpoint: vidseg has no DeepLabV3 head (ASPP -> 3x3 conv -> classifier, "
-            "no decoder); use a deeplabv3plus_* checkpoint"
-        )
     if any(".body." in k for k in state if k.startswith("classifier.")):
         raise InputError("VainF checkpoint trained with --separable_conv; vidseg's ASPP and decoder use plain convs")
-    _need(state, ("classifier.project.0.weight", "classifier.aspp.project.0.weight"), "vainf")
+    plus = not _has(state, "classifier.classifier.0.convs.")  # VainF's DeepLabV3 (no decoder) nests its ASPP there
+    if plus:
+        _need(state, ("classifier.project.0.weight", "classifier.aspp.project.0.weight"), "vainf")
+    else:
+        _need(state, ("classifier.classifier.0.project.0.weight", "classifier.classifier.1.weight",
+                      "classifier.classifier.4.weight"), "vainf")
+    if aux:
+        raise InputError("--keep-aux: VainF checkpoints have no auxiliary head; drop --keep-aux")
     if "backbone.conv1.weight" in state and tuple(state["backbone.conv1.weight"].shape)[2:] == (7, 7):
         backbone = _resnet_depth(state, "backbone.", "vainf")
         arch: dict = {"stem": "torchvision"}
@@ -474,25 +485,32 @@ def _vainf(state: dict, meta: dict, num_classes: int | None, aux: bool, output_s
         arch = {}
     elif _has(state, "backbone.stage4."):
         raise InputError(
-            "VainF deeplabv3plus with the HRNetV2 backbone: vidseg has no HRNet backbone; "
+            "VainF checkpoint with the HRNetV2 backbone: vidseg has no HRNet backbone; "
             "use a resnet50/101, mobilenet or xception one"
         )
     else:
         raise InputError(
             "VainF checkpoint with an unknown backbone; vidseg imports resnet50/101, mobilenet and xception"
         )
-    convs = sorted(int(m.group(1)) for k, v in state.items()
-                   if (m := re.fullmatch(r"classifier\.classifier\.(\d+)\.weight", k)) and v.dim() == 4)
-    if not convs:
-        raise InputError("the file does not look like a vainf checkpoint (no classifier.classifier.*); try --format auto")
-    cls_key = f"classifier.classifier.{convs[-1]}.weight"
-    n = _num_classes(state, cls_key, num_classes)
-    arch.update(decoder_convs=len(convs) - 1, output_stride=int(output_stride or 16))
-    out = {k: v for k, v in state.items() if aux or not k.startswith("aux_classifier.")}
-    if aux and _has(out, "aux_classifier."):
-        arch["aux"] = True
+    os_ = int(output_stride or 16)
+    if plus:
+        convs = sorted(int(m.group(1)) for k, v in state.items()
+                       if (m := re.fullmatch(r"classifier\.classifier\.(\d+)\.weight", k)) and v.dim() == 4)
+        if not convs:
+            raise InputError("the file does not look like a vainf checkpoint (no classifier.classifier.*); "
+                             "try --format auto")
+        n = _num_classes(state, f"classifier.classifier.{convs[-1]}.weight", num_classes)
+        arch.update(decoder_convs=len(convs) - 1, output_stride=os_)
+        architecture, out = "deeplabv3plus", dict(state)
+    else:
+        # VainF's DeepLabHead is torchvision's (ASPP, 3x3 conv, BN, ReLU, 1x1) under classifier.classifier;
+        # its ASPP rates follow the stride (6/12/18 at 16, 12/24/36 at 8) and its ASPP dropout is 0.1.
+        n = _num_classes(state, "classifier.classifier.4.weight", num_classes)
+        arch.update(output_stride=os_, aspp_rates=(6, 12, 18) if os_ == 16 else (12, 24, 36), aspp_dropout=0.1)
+        architecture = "deeplabv3"
+        out = _rename(state, [("classifier.classifier.", "classifier.")])
     card = _card(
-        "vainf", "deeplabv3plus", backbone, n, arch=arch,
+        "vainf", architecture, backbone, n, arch=arch,
         preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         align_corners=False, input_size=_input_size(n), meta=meta,
     )
@@ -689,7 +707,10 @@ def _jfzhang95(state: dict, meta: dict, num_classes: int | None, aux: bool, outp
             "jfzhang95 deeplab checkpoint with the DRN backbone: vidseg has no DRN (dilated residual network); "
             "use a resnet, xception or mobilenet one"
         )
-    _need(state, ("aspp.conv1.weight", "decoder.conv1.weight", "decoder.last_conv.8.weight"), "jfzhang95")
+    _need(state, ("aspp.conv1.weight", "decoder.conv1.weight", "decoder.last_conv.0.weight",
+                  "decoder.last_conv.8.weight"), "jfzhang95")
+    if aux:
+        raise InputError("--keep-aux: jfzhang95 checkpoints have no auxiliary head; drop --keep-aux")
     if _has(state, "backbone.layer4."):
         backbone = _resnet_depth(state, "backbone.", "jfzhang95")
         if _blocks(state, "backbone.layer4.") != 3:
@@ -770,7 +791,7 @@ def _smp_encoder(state: dict) -> tuple[str, dict, dict]:
         arch: dict = {"stem": "torchvision", "contract_dilation": False}
         return backbone, arch, {f"backbone.{k}": v for k, v in enc.items()}
     if "features.18.0.weight" in enc and "features.1.conv.0.0.weight" in enc and not _has(enc, "features.19."):
-        if tuple(enc["features.0.0.weight"].shape) != (32, 3, 3, 3) or \
+        if "features.0.0.weight" not in enc or tuple(enc["features.0.0.weight"].shape) != (32, 3, 3, 3) or \
                 tuple(enc["features.18.0.weight"].shape) != (1280, 320, 1, 1):
             raise InputError("smp mobilenet_v2 encoder with other widths or input channels; vidseg imports the "
                              "standard one (32-channel stem, 1280-channel features.18) on RGB frames")
@@ -886,8 +907,11 @@ def convert(
         raise InputError(f"unknown checkpoint format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
     if output_stride is not None and int(output_stride) not in (8, 16):
         raise InputError(f"output_stride must be 8 or 16, got {output_stride}")
-    if output_stride is not None and fmt in ("ccnet-official", "mmseg", "torchvision"):
-        raise InputError(f"{fmt} checkpoints come with a fixed output stride; drop --output-stride")
+    if output_stride is not None and fmt in ("ccnet-official", "mmseg"):
+        raise InputError(f"{fmt} checkpoints are output stride 8; drop --output-stride")
+    if output_stride is not None and fmt == "torchvision":
+        raise InputError("torchvision checkpoints come with a fixed output stride (8 for the ResNets, 16 for "
+                         "MobileNetV3); drop --output-stride")
     if num_classes is not None and int(num_classes) < 1:
         raise InputError(f"--num-classes must be >= 1, got {num_classes}")
     if isinstance(obj, dict) and obj.get("vidseg_checkpoint"):
@@ -919,8 +943,11 @@ def detect_and_convert(obj: Any, cfg) -> tuple[ModelCard, dict] | None:
     if getattr(cfg, "width_mult", None) not in (None, 1, 1.0):
         raise InputError(f"--width-mult applies to randomly initialised models; {fmt} checkpoints are full width - drop it")
     card, state = convert(obj, fmt, num_classes=getattr(cfg, "num_classes", None))
+    def norm(v: Any) -> Any:  # --arch and TOML give lists where cards hold tuples
+        return tuple(v) if isinstance(v, list) else v
+
     clashes = [f"{k}={v!r} (card: {card.arch[k]!r})" for k, v in dict(getattr(cfg, "arch", ()) or ()).items()
-               if k in card.arch and card.arch[k] != v]
+               if k in card.arch and norm(card.arch[k]) != norm(v)]
     if clashes:
         raise InputError(f"flags contradict the {fmt} checkpoint: {', '.join(clashes)}; drop them, the checkpoint decides")
     if getattr(cfg, "weights", None):

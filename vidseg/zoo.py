@@ -75,6 +75,8 @@ class ModelCard:
         d["class_names"] = list(self.class_names)
         d["palette"] = [list(c) for c in self.palette]
         d["preprocess"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d["preprocess"].items()}
+        if d["input_side"] == "long":
+            del d["input_side"]  # the default: cards without it stay readable by older vidseg versions
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod

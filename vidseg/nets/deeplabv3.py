@@ -1,7 +1,8 @@
 """DeepLabV3 (Chen et al., 2017): atrous backbone + ASPP head, no decoder.
 
 Layout of torchvision's ``deeplabv3_resnet50/101`` and
-``deeplabv3_mobilenet_v3_large``, so their checkpoints load 1:1::
+``deeplabv3_mobilenet_v3_large``, so their checkpoints load 1:1 (VainF's
+``deeplabv3_*`` too, with ``classifier.classifier.`` renamed ``classifier.``)::
 
     backbone.*                 ResNet (torchvision names, stem="torchvision",
                                output stride 8) or MobileNetV3-Large (``backbone.0..16``)
@@ -94,6 +95,7 @@ def deeplabv3(
     stem: str | None = None,
     aspp_rates: Sequence[int] | None = None,
     aspp_dropout: float = 0.5,
+    backbone_padding: str | None = None,
 ) -> DeepLabV3:
     """Build a randomly initialised DeepLabV3.
 
@@ -107,7 +109,8 @@ def deeplabv3(
         output_stride: default 8 for the ResNets (torchvision), 16 otherwise.
         stem: ResNet flavour, default ``"torchvision"``.
         aspp_rates: default (12, 24, 36), torchvision's for every backbone.
-        aspp_dropout: dropout after the ASPP projection (torchvision 0.5).
+        aspp_dropout: dropout after the ASPP projection (torchvision 0.5, VainF 0.1).
+        backbone_padding: mobilenetv2 only: ``"input"`` for VainF's block padding.
     """
     width_mult = check_width_mult(width_mult)
     if output_stride is None:
@@ -116,6 +119,8 @@ def deeplabv3(
     if len(rates) != 3:
         raise ValueError(f"aspp_rates needs 3 rates, got {rates!r}")
     if backbone == "mobilenetv3":
+        if backbone_padding is not None:
+            raise ValueError(f"backbone_padding={backbone_padding!r} applies to the mobilenetv2 backbone only")
         if stem is not None:
             raise ValueError(f"stem={stem!r} applies to the resnet backbones only, not {backbone!r}")
         net: nn.Module = MobileNetV3Large(output_stride=output_stride, width_mult=width_mult)
@@ -124,6 +129,7 @@ def deeplabv3(
             raise ValueError(f"output_stride must be one of [8, 16], got {output_stride!r}")
         if backbone.startswith("resnet") and stem is None:
             stem = "torchvision"
-        net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem)
+        net = build_backbone(backbone, output_stride=output_stride, width_mult=width_mult, stem=stem,
+                             padding=backbone_padding)
     return DeepLabV3(net, num_classes=num_classes, width_mult=width_mult, align_corners=align_corners, aux=aux,
                      rates=rates, aspp_dropout=aspp_dropout)

@@ -57,9 +57,8 @@ Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
   contract_dilation=False``: smp's ``make_dilated`` dilates every block of a
   dilated stage fully), mobilenet_v2 (``dilation_rule="smp", last_conv=True``:
   features.18, the 1x1 conv to 1280, feeds the ASPP).
-* torchvision deeplabv3_* (not "plus"): ``backbone.*`` and
-  ``aux_classifier.*`` map 1:1 (resnet), ``classifier.0.*`` ->
-  ``classifier.aspp.*``; it has no decoder, so only backbone + ASPP transfer.
+* torchvision's and VainF's deeplabv3_* (not "plus") have no decoder: they
+  import exactly into the ``deeplabv3`` architecture (vidseg/nets/deeplabv3.py).
 """
 from __future__ import annotations
 

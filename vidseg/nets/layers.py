@@ -99,7 +99,6 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, activation={act}"
 
 
-
 class FCNHead(nn.Sequential):
     """torchvision's FCN/aux head: 3x3 conv to ``in/4`` (at least 8), BN, ReLU, dropout 0.1, 1x1 classifier.
 

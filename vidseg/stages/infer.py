@@ -134,8 +134,8 @@ def build_from_card(card: ModelCard, state: dict | None):
             align_corners=card.align_corners,
             **card.arch,
         )
-    except ValueError as e:
-        raise InputError(f"{e}") from None
+    except (ValueError, TypeError) as e:  # TypeError: an --arch key or value the builder does not take
+        raise InputError(f"cannot build {card.architecture}/{card.backbone} with {card.arch}: {e}") from None
     if state is not None:
         load_state_strict(model, state, what=f"{card.architecture}/{card.backbone} with {card.num_classes} classes")
     return model.eval()

@@ -24,7 +24,7 @@ Stride is replaced by dilation once ``output_stride`` is reached.
   would stride multiplies the dilation by its stride for ALL its blocks, the
   first included (OS16: 160: 2, 2, 2; 320: 2. OS8: 64: 2, 96: 2, 160: 4, 320: 4).
 
-Padding (same weights, two functions):
+Padding (same weights, different functions):
 
 * ``padding="same"`` (default; torchvision, bubbliiiing, vidseg's own
   weights): every 3x3 conv zero-pads its own input by ``dilation``.

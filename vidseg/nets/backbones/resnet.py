@@ -29,7 +29,9 @@ segmentation_models_pytorch (torchvision stem, no contraction: its
   ``dilation // 2`` (default: every stem but ``deep``);
 * ``multi_grid``: per-block factors of layer4's dilation (DeepLabV3's
   multi-grid, e.g. ``(1, 2, 4)``: block i of layer4 dilates by
-  ``multi_grid[i] * dilation``; one factor per layer4 block).
+  ``multi_grid[i]`` times the dilation it would have without it - for the
+  first block that is the contracted one when contraction is on; one factor
+  per layer4 block).
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"output_stride must be one of {sorted(_OS_LAYOUT)}, got {output_stride!r}")
         n4 = RESNET_DEPTHS[depth][3]
         if multi_grid is not None:
+            if not isinstance(multi_grid, (list, tuple)):
+                raise ValueError(f"multi_grid needs {n4} factors, e.g. (1, 2, 4), got {multi_grid!r}")
             multi_grid = tuple(int(g) for g in multi_grid)
             if len(multi_grid) != n4 or min(multi_grid) < 1:
                 raise ValueError(f"multi_grid needs {n4} factors >= 1 (one per layer4 block), got {multi_grid!r}")
