@@ -20,10 +20,16 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from vidseg.config import ModelConfig
+from ckpt_check import assert_matches_summary, summary_numbers
+from ckpt_check import bn_shape as _bn
+from ckpt_check import conv_shape as _conv
+from ckpt_check import fails as _fails
+from ckpt_check import load as _load
+from ckpt_check import max_diff as _max_diff
+from ckpt_check import variant as _variant
+from ckpt_check import within as _within
 from vidseg.errors import InputError
 from vidseg.nets import build_model
-from vidseg.stages.infer import load_model
 from vidseg.weights import VOC_CLASSES, convert, detect_format, import_checkpoint, weights_group
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
@@ -40,18 +46,6 @@ MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6,
 
 
 # ----------------------------------------------------------------- jfzhang95's architecture, as keys
-
-
-def _conv(shapes: dict, p: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
-    shapes[f"{p}.weight"] = (cout, cin, k, k)
-    if bias:
-        shapes[f"{p}.bias"] = (cout,)
-
-
-def _bn(shapes: dict, p: str, c: int) -> None:
-    for part in ("weight", "bias", "running_mean", "running_var"):
-        shapes[f"{p}.{part}"] = (c,)
-    shapes[f"{p}.num_batches_tracked"] = ()
 
 
 def _xception_blocks(output_stride: int) -> list[dict]:
@@ -219,15 +213,7 @@ def _jf_file(state: dict, module: bool = False) -> dict:
 
 def _reference(backbone: str) -> dict:
     """The txt's numbers for one backbone: total keys, float elems (M), per-prefix counts, listed shapes."""
-    if not TXT.is_file():
-        pytest.skip(f"{TXT} not available")
-    text = TXT.read_text()
-    sec = text.split(f"### jfzhang95 DeepLab backbone={backbone}:")[1].split("###")[0]
-    head = re.match(r"\s*(\d+) keys, ([\d.]+)M float elems", sec)
-    prefixes = dict((p, int(n)) for p, n in re.findall(r"([\w.]+)\((\d+)\)", sec.split("prefixes:")[1].splitlines()[0]))
-    listed = re.findall(r"^\s+(\S+) (\([\d, ]*\))$", sec, re.M)
-    shapes = {k: tuple(int(d) for d in re.findall(r"\d+", s)) for k, s in listed}
-    return {"keys": int(head.group(1)), "melems": float(head.group(2)), "prefixes": prefixes, "shapes": shapes}
+    return summary_numbers(TXT, f"jfzhang95 DeepLab backbone={backbone}")
 
 
 # ----------------------------------------------------------------- jfzhang95's maths, written out
@@ -372,45 +358,6 @@ def sources(tmp_path_factory):
     return get
 
 
-def _load(path) -> torch.nn.Module:
-    model, _ = load_model(ModelConfig(model=None, device="cpu", weights=str(path)))
-    return model.eval()
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> float:
-    """Max abs difference; fails unless within ``tol`` relative to ``b``'s largest magnitude."""
-    assert a.shape == b.shape, (a.shape, b.shape)
-    diff = float((a - b).abs().max())
-    assert diff <= tol * float(b.abs().max()), (diff, float(b.abs().max()))
-    return diff
-
-
-def _within(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) <= tol * float(b.abs().max())
-
-
-def _fails(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, high: torch.Tensor) -> None:
-    """The check that passes above fails for ``model``, by at least 10x its tolerance.
-
-    Logits or backbone output: a random deep backbone is dominated by its BN
-    biases, so one quirk may move the logits or the features far more than the other.
-    """
-    out, logits = model.backbone(x)["out"], model(x)
-    d_out, d_logits = float((out - high).abs().max()), float((logits - ref).abs().max())
-    print(f"  other options: max|diff| out {d_out:.2e} logits {d_logits:.2e}")
-    assert not (_within(out, high, 1e-3) and _within(logits, ref, 1e-3))
-
-
-def _variant(model: torch.nn.Module, card, **arch) -> torch.nn.Module:
-    """The same converted tensors in a network built with other options."""
-    kw = {**card.arch, **arch}
-    kw = {k: v for k, v in kw.items() if v is not None}
-    other = build_model(card.architecture, backbone=card.backbone, num_classes=card.num_classes,
-                        align_corners=card.align_corners, **kw).eval()
-    other.load_state_dict(model.state_dict())
-    return other
-
-
 # ----------------------------------------------------------------- tests
 
 
@@ -418,15 +365,7 @@ def _variant(model: torch.nn.Module, card, **arch) -> torch.nn.Module:
 def test_built_checkpoints_agree_with_the_reference_txt(backbone):
     ref = _reference(backbone)
     sd = _jf_state(backbone)
-    assert len(sd) == ref["keys"]
-    elems = sum(v.numel() for v in sd.values() if v.dtype == torch.float32)
-    assert round(elems / 1e6, 2) == ref["melems"]
-    counts: dict[str, int] = {}
-    for k in sd:
-        p = ".".join(k.split(".")[:2])
-        counts[p] = counts.get(p, 0) + 1
-    assert counts == ref["prefixes"] and list(counts) == list(ref["prefixes"])
-    assert ref["shapes"] and {k: tuple(sd[k].shape) for k in ref["shapes"]} == ref["shapes"]
+    assert_matches_summary(sd, ref)
     assert detect_format(_jf_file(sd)) == "jfzhang95"
 
 

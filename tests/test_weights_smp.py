@@ -15,7 +15,6 @@ vidseg network.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,17 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from ckpt_check import assert_matches_summary, summary_numbers
+from ckpt_check import bn_shape as _bn
+from ckpt_check import conv_shape as _conv
+from ckpt_check import fails as _fails
+from ckpt_check import load as _load
+from ckpt_check import max_diff as _max_diff
+from ckpt_check import variant as _variant
+from ckpt_check import within as _within
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
 from vidseg.nets import build_model
-from vidseg.stages.infer import load_model
 from vidseg.weights import CITYSCAPES_CLASSES, convert, detect_format, import_checkpoint, weights_group
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
@@ -48,18 +54,6 @@ MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6,
 
 
 # ----------------------------------------------------------------- smp's architecture, as keys
-
-
-def _conv(sh: dict, p: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
-    sh[f"{p}.weight"] = (cout, cin, k, k)
-    if bias:
-        sh[f"{p}.bias"] = (cout,)
-
-
-def _bn(sh: dict, p: str, c: int) -> None:
-    for part in ("weight", "bias", "running_mean", "running_var"):
-        sh[f"{p}.{part}"] = (c,)
-    sh[f"{p}.num_batches_tracked"] = ()
 
 
 def _mbv2_blocks() -> list[tuple[int, int, int, int]]:
@@ -159,14 +153,7 @@ def _smp_state(encoder: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def _reference(encoder: str) -> dict:
     """The txt's numbers for one encoder: total keys, float elems (M), per-prefix counts, listed shapes."""
-    if not TXT.is_file():
-        pytest.skip(f"{TXT} not available")
-    sec = TXT.read_text().split(f"### smp DeepLabV3Plus encoder={encoder}:")[1].split("###")[0]
-    head = re.match(r"\s*(\d+) keys, ([\d.]+)M float elems", sec)
-    prefixes = dict((p, int(n)) for p, n in re.findall(r"([\w.]+)\((\d+)\)", sec.split("prefixes:")[1].splitlines()[0]))
-    listed = re.findall(r"^\s+(\S+) (\([\d, ]*\))$", sec, re.M)
-    shapes = {k: tuple(int(d) for d in re.findall(r"\d+", s)) for k, s in listed}
-    return {"keys": int(head.group(1)), "melems": float(head.group(2)), "prefixes": prefixes, "shapes": shapes}
+    return summary_numbers(TXT, f"smp DeepLabV3Plus encoder={encoder}")
 
 
 # ----------------------------------------------------------------- smp's maths, written out
@@ -287,40 +274,6 @@ def sources(tmp_path_factory):
     return get
 
 
-def _load(path) -> torch.nn.Module:
-    model, _ = load_model(ModelConfig(model=None, device="cpu", weights=str(path)))
-    return model.eval()
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> float:
-    """Max abs difference; fails unless within ``tol`` relative to ``b``'s largest magnitude."""
-    assert a.shape == b.shape, (a.shape, b.shape)
-    diff = float((a - b).abs().max())
-    assert diff <= tol * float(b.abs().max()), (diff, float(b.abs().max()))
-    return diff
-
-
-def _within(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) <= tol * float(b.abs().max())
-
-
-def _variant(model: torch.nn.Module, card, **arch) -> torch.nn.Module:
-    """The same converted tensors in a network built with other options."""
-    kw = {k: v for k, v in {**card.arch, **arch}.items() if v is not None}
-    other = build_model(card.architecture, backbone=card.backbone, num_classes=card.num_classes,
-                        align_corners=card.align_corners, **kw).eval()
-    other.load_state_dict(model.state_dict())
-    return other
-
-
-def _fails(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, high: torch.Tensor) -> None:
-    """The check that passes for the imported network fails for ``model`` (even at 10x the tolerance)."""
-    out, logits = model.backbone(x)["out"], model(x)
-    d_out, d_logits = float((out - high).abs().max()), float((logits - ref).abs().max())
-    print(f"  other options: max|diff| out {d_out:.2e} logits {d_logits:.2e}")
-    assert not (_within(out, high, 1e-3) and _within(logits, ref, 1e-3))
-
-
 # ----------------------------------------------------------------- tests
 
 
@@ -328,15 +281,7 @@ def _fails(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, high: tor
 def test_built_checkpoints_agree_with_the_reference_txt(encoder):
     ref = _reference(encoder)
     sd = _smp_state(encoder)
-    assert len(sd) == ref["keys"]
-    elems = sum(v.numel() for v in sd.values() if v.dtype == torch.float32)
-    assert round(elems / 1e6, 2) == ref["melems"]
-    counts: dict[str, int] = {}
-    for k in sd:
-        p = ".".join(k.split(".")[:2])
-        counts[p] = counts.get(p, 0) + 1
-    assert counts == ref["prefixes"] and list(counts) == list(ref["prefixes"])
-    assert ref["shapes"] and {k: tuple(sd[k].shape) for k in ref["shapes"]} == ref["shapes"]
+    assert_matches_summary(sd, ref)
     assert detect_format(sd) == "smp"
     assert detect_format({"state_dict": {f"module.{k}": v for k, v in sd.items()}}) == "smp"
 

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from test_weights import _state, _tsv, files, imported  # noqa: F401  (files, imported: session fixtures)
 
-from vidseg.config import ModelConfig
+from ckpt_check import load as _load, max_diff as _max_diff
 from vidseg.errors import InputError
 from vidseg.nets import build_model
 from vidseg.nets.layers import MinSizeConv2d
-from vidseg.stages.infer import load_model
 from vidseg.weights import convert, import_checkpoint
 from vidseg.zoo import read_checkpoint
 
@@ -31,21 +30,8 @@ XCEPTION = "vainf-deeplabv3plus_xception-c19"
 TINY = 0.125
 
 
-def _load(path) -> torch.nn.Module:
-    model, _ = load_model(ModelConfig(model=None, device="cpu", weights=str(path)))
-    return model.eval()
-
-
 def _source_state(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> float:
-    """Max abs difference; fails unless within ``tol`` relative to ``b``'s largest magnitude."""
-    assert a.shape == b.shape, (a.shape, b.shape)
-    diff = float((a - b).abs().max())
-    assert diff <= tol * float(b.abs().max()), (diff, float(b.abs().max()))
-    return diff
 
 
 # ----------------------------------------------------------------- VainF's maths, written out

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from .aspp import ASPP
 from .backbones import BACKBONES, build_backbone
 from .backbones.mobilenetv3 import MobileNetV3Large
-from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
+from .base import AtrousSegmenter
+from .layers import FCNHead, check_width_mult, init_weights, scale_channels
 from .registry import register_model
 
 __all__ = ["DeepLabV3", "deeplabv3"]
@@ -36,7 +37,7 @@ DEEPLABV3_BACKBONES = ("resnet50", "resnet101", "mobilenetv3") + tuple(
 )
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(AtrousSegmenter):
     """``forward(x)`` returns logits at the input size; ``(main, aux)`` in training with ``aux``."""
 
     def __init__(
@@ -51,12 +52,7 @@ class DeepLabV3(nn.Module):
         aspp_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.num_classes = int(num_classes)
-        self.align_corners = bool(align_corners)
-        self.aux = bool(aux)
-        self.output_stride = backbone.output_stride
-        feat = backbone.channels
-        self.backbone = backbone
+        feat = self._setup(backbone, num_classes, align_corners, aux)
         c = scale_channels(256, width_mult)
         self.classifier = nn.Sequential(
             ASPP(feat["out"], rates, c, dropout=aspp_dropout),
@@ -69,13 +65,8 @@ class DeepLabV3(nn.Module):
         # torchvision's FCNHead on the stride-8/16 features (aux_classifier.{0,1,4}).
         self.aux_classifier = FCNHead(feat["aux"], num_classes) if aux else None
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        out = resize(self.classifier(feats["out"]), size, self.align_corners)
-        if self.training and self.aux_classifier is not None:
-            return out, resize(self.aux_classifier(feats["aux"]), size, self.align_corners)
-        return out
+    def _logits(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.classifier(feats["out"])
 
 
 @register_model(

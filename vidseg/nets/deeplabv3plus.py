@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from .aspp import ASPP, SeparableConv2d
 from .backbones import BACKBONES, build_backbone
+from .base import AtrousSegmenter
 from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
 from .registry import register_model
 
@@ -131,7 +132,7 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(torch.cat([low, high], dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(AtrousSegmenter):
     """``forward(x)`` returns logits at the input size; ``(main, aux)`` in training with ``aux``."""
 
     def __init__(
@@ -151,12 +152,7 @@ class DeepLabV3Plus(nn.Module):
         if head not in HEADS:
             raise ValueError(f"unknown DeepLabV3+ head {head!r}; choose one of: {', '.join(HEADS)}")
         self.head_type = head  # not `self.head`: CCNet has a `head` module and callers test for it
-        self.num_classes = int(num_classes)
-        self.align_corners = bool(align_corners)
-        self.aux = bool(aux)
-        self.output_stride = backbone.output_stride
-        feat = backbone.channels
-        self.backbone = backbone
+        feat = self._setup(backbone, num_classes, align_corners, aux)
         self.classifier = DeepLabV3PlusHead(
             feat["out"],
             feat["low"],
@@ -173,13 +169,8 @@ class DeepLabV3Plus(nn.Module):
         self.aux_classifier = FCNHead(feat["aux"], num_classes) if aux else None
         init_weights(self.classifier)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        out = resize(self.classifier(feats["low"], feats["out"]), size, self.align_corners)
-        if self.training and self.aux_classifier is not None:
-            return out, resize(self.aux_classifier(feats["aux"]), size, self.align_corners)
-        return out
+    def _logits(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.classifier(feats["low"], feats["out"])
 
 
 @register_model(
