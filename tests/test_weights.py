@@ -772,3 +772,26 @@ def test_cli_import_unsupported_is_one_line(files, tmp_path):
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "LR-ASPP" in lines[0] and "deeplabv3_" in lines[0]
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
+    """`vidseg run --weights <torchvision file>` as a user runs it: real stages, real sockets, a generated clip."""
+    import cv2
+    from conftest import make_clip, probe, read_barcode, vidseg
+
+    clip = make_clip(tmp_path / "in.mp4", frames=8)
+    out, masks = tmp_path / "out.mp4", tmp_path / "masks"
+    src = files("torchvision-deeplabv3_mobilenet_v3_large-c21-aux")
+    r = vidseg("run", "--source", str(clip), "--weights", str(src), "--output", str(out), "--masks", str(masks),
+               "--alpha", "0.2", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "input 520 (short side)" in r.stderr  # the card's preprocessing reached the worker
+    info = probe(out)
+    assert [read_barcode(f) for f in info["frames"]] == list(range(8))
+    pngs = sorted(masks.glob("*.png"))
+    assert len(pngs) == 8
+    m = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (64, 96) and m.max() < 21  # class ids of the 21 VOC classes
