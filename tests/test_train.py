@@ -260,3 +260,48 @@ def test_shipped_model_loads(name):
     frame = next(generate_scene(SceneConfig(num_frames=1, seed=5)))[0]
     (mask,) = Segmenter(model, card, device="cpu")([frame])
     assert mask.shape == (240, 320)
+
+
+def test_user_folder_ignore_index(tmp_path):
+    """255 (VOC/Cityscapes 'void') is ignored by default; another value can be named; class ids stay checked."""
+    from vidseg.train import _FolderData
+
+    data = write_pairs(tmp_path / "data", n=2)
+    m = cv2.imread(str(data / "masks" / "f0.png"), cv2.IMREAD_UNCHANGED)
+    void = m.copy()
+    void[:4] = 255  # a void border
+    cv2.imwrite(str(data / "masks" / "f0.png"), void)
+    res = train(model="deeplabv3plus", steps=1, lr=1e-3, out=str(tmp_path / "v.pt"), data=str(data), **TINY)
+    assert res["step"] == 1 and np.isfinite(res["loss"])
+
+    # a dataset whose "ignore" is 0 and classes are 1..6: 0 becomes the loss's 255, classes stay
+    shifted = np.where(m == 0, 0, m + 1).astype(np.uint8)
+    shifted[-1, -1] = 7  # the highest class id of this 8-class dataset
+    cv2.imwrite(str(data / "masks" / "f0.png"), shifted)
+    cv2.imwrite(str(data / "masks" / "f1.png"), shifted)
+    with pytest.raises(InputError, match="class id 7.*--num-classes.*--ignore-index 7"):
+        _FolderData(data, num_classes=7, ignore_index=0)  # ids 0..6 only: 7 is out of range, the error names fixes
+    ds = _FolderData(data, num_classes=8, ignore_index=0)
+    _, got = ds.load(*ds.pairs[0])
+    assert (got[shifted == 0] == 255).all() and np.array_equal(got[shifted != 0], shifted[shifted != 0])
+    # a 255 is then an out-of-range class id, not "ignore"
+    cv2.imwrite(str(data / "masks" / "f1.png"), np.full_like(shifted, 255))
+    with pytest.raises(InputError, match="class id 255"):
+        _FolderData(data, num_classes=8, ignore_index=0)
+
+
+def test_cli_train_on_a_folder_with_more_classes(tmp_path):
+    from conftest import vidseg
+
+    data = write_pairs(tmp_path / "data", n=2)
+    m = cv2.imread(str(data / "masks" / "f0.png"), cv2.IMREAD_UNCHANGED)
+    m[:2] = 18
+    cv2.imwrite(str(data / "masks" / "f0.png"), m)
+    args = ["train", "--data", str(data), "--width-mult", "0.125", "--input-size", "64", "--steps", "1", "--batch", "2",
+            "--out", str(tmp_path / "c.pt"), "-q"]
+    r = vidseg(*args)
+    assert r.returncode == 2 and "class id 18" in r.stderr and "--num-classes" in r.stderr and "Traceback" not in r.stderr
+    r = vidseg(*args, "--num-classes", "19")
+    assert r.returncode == 0, r.stderr
+    card = load_model(ModelConfig(weights=str(tmp_path / "c.pt")))[1]
+    assert card.num_classes == 19

@@ -470,6 +470,8 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", default=None, help="A folder with images/ and masks/ of the same stems (default: generated scenes).")
+@click.option("--num-classes", type=click.IntRange(1, 255), default=None, help="Classes in --data's masks (ids 0..N-1). [default: the generated scenes' 6]")
+@click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Mask value of pixels that count for nothing (--data).")
 @click.option("--out", "-o", required=True, help="Checkpoint to write (vidseg format, card included).")
 @click.option("--resume", is_flag=True, help="Continue from OUT's saved training state.")
 @log_options

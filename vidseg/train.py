@@ -72,7 +72,10 @@ class _FolderData:
     so a bad dataset fails before training starts, with the file to fix.
     """
 
-    def __init__(self, folder: str | os.PathLike, num_classes: int) -> None:
+    def __init__(self, folder: str | os.PathLike, num_classes: int, ignore_index: int = _IGNORE) -> None:
+        if not 0 <= ignore_index <= 255:
+            raise InputError(f"ignore index {ignore_index} must be a mask value, 0..255")
+        self.ignore_index = int(ignore_index)
         root = Path(folder)
         img_dir, mask_dir = root / "images", root / "masks"
         if not root.is_dir():
@@ -95,24 +98,33 @@ class _FolderData:
         self.pairs: list[tuple[Path, Path]] = [(p, mask_dir / f"{p.stem}.png") for p in images]
         self.num_classes = num_classes
         for ip, mp in self.pairs:
-            img, mask = self.load(ip, mp)
+            img, mask = self._read(ip, mp)
             if img.shape[:2] != mask.shape:
                 raise InputError(
                     f"image {ip.name} is {img.shape[1]}x{img.shape[0]} but its mask {mp.name} is "
                     f"{mask.shape[1]}x{mask.shape[0]}; masks must have their image's size"
                 )
-            top = int(mask.max())
+            ids = mask[mask != self.ignore_index]
+            top = int(ids.max()) if ids.size else 0
             if top >= num_classes:
                 raise InputError(
                     f"mask {mp} holds class id {top} but the model has {num_classes} classes (ids 0..{num_classes - 1}); "
-                    "fix the mask or pass num_classes"
+                    f"fix the mask, pass --num-classes, or --ignore-index {top} if {top} marks pixels to ignore"
                 )
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def load(self, ip: Path, mp: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Image (BGR) and mask, the dataset's ignore value mapped to the loss's (255)."""
+        img, mask = self._read(ip, mp)
+        if self.ignore_index != _IGNORE:
+            # Every other value is a class id < num_classes <= 255 (checked up front), so 255 is free.
+            mask = np.where(mask == self.ignore_index, _IGNORE, mask).astype(np.uint8)
+        return img, mask
+
     @staticmethod
-    def load(ip: Path, mp: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _read(ip: Path, mp: Path) -> tuple[np.ndarray, np.ndarray]:
         img = cv2.imread(str(ip), cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"cannot read image {ip}; is it a valid PNG/JPEG?")
@@ -304,6 +316,7 @@ def train(
     aux: bool = True,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
     name: str | None = None,
     weight_decay: float = 1e-4,
     threads: int | None = 2,
@@ -314,7 +327,7 @@ def train(
 
     Data: generated scenes (seeds in :data:`TRAIN_SEEDS`) when ``data`` is None,
     else a folder with ``images/*.png|jpg`` and same-stem ``masks/*.png`` class-id
-    masks.  Each step draws ``batch`` random ``crop`` x ``crop`` crops (default
+    masks (``ignore_index``, default 255, marks pixels that count for nothing).  Each step draws ``batch`` random ``crop`` x ``crop`` crops (default
     ``0.6 * input_size``) at the inference scale times a random factor, then
     flips, colour jitter, noise, blur and JPEG artefacts (``augment=False``:
     resize and crop only).  AdamW,
@@ -346,7 +359,7 @@ def train(
     out_p.parent.mkdir(parents=True, exist_ok=True)
     st_p = state_path(out_p)
 
-    folder = _FolderData(data, num_classes) if data is not None else None
+    folder = _FolderData(data, num_classes, ignore_index) if data is not None else None
     if folder is None and class_names is None and num_classes == NUM_CLASSES:
         names, palette = CLASS_NAMES, tuple(tuple(int(v) for v in c) for c in PALETTE.tolist())
     else:
