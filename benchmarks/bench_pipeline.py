@@ -81,7 +81,7 @@ def run_pipeline(clip: Path, out: Path, model_args: list[str]) -> dict:
         log = p.communicate(timeout=3600)[1]
         if p.returncode != 0:
             raise SystemExit(f"{name} failed with exit code {p.returncode}: {log[-1000:]}")
-        # Each stage reports its own peak RSS (getrusage RUSAGE_SELF) in its last log line.
+        # Each stage reports its own peak RSS (/proc VmHWM: ru_maxrss would carry run's over exec) in its last log line.
         res[f"{name}_peak_rss_mib"] = float(re.findall(r"peak RSS (\d+) MiB", log)[-1])
     res["seconds"] = time.perf_counter() - t0
     return res

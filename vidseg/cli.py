@@ -109,10 +109,22 @@ def _output_cfg(kw: dict) -> OutputConfig:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """This process's own peak resident memory, MiB.
+
+    /proc's VmHWM is the high-water mark of this address space. getrusage's
+    ru_maxrss survives execve on Linux, so a stage started by `vidseg run`
+    would report the larger of its own peak and its parent's.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; elsewhere an estimate
 
 
 def _setup_logging(role: str, verbose: int, quiet: bool) -> None:
