@@ -46,31 +46,10 @@ TARGET_SPEEDUP, TARGET_MEMORY = 1.3, 0.8
 
 
 def seed_bmm(query, key, value):
-    """The seed's CC_module maths as a function of (Q, K, V), aggregation only.
+    """The baseline: the seed's bmm formulation (vidseg.nets.cca.criss_cross_attention_seed)."""
+    from vidseg.nets.cca import criss_cross_attention_seed
 
-    Kept as the seed wrote it (permute/contiguous/bmm, a -inf diagonal matrix
-    added to the column energies, one softmax over the concatenation); only
-    the mask is built on the input's device and dtype instead of ``.cuda()``.
-    """
-    import torch
-
-    b, _, h, w = query.shape
-    q_h = query.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h).permute(0, 2, 1)
-    q_w = query.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w).permute(0, 2, 1)
-    k_h = key.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h)
-    k_w = key.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w)
-    v_h = value.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h)
-    v_w = value.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w)
-    inf = torch.tensor(float("inf"), device=query.device, dtype=query.dtype)
-    mask = -torch.diag(inf.repeat(h), 0).unsqueeze(0).repeat(b * w, 1, 1)
-    e_h = (torch.bmm(q_h, k_h) + mask).view(b, w, h, h).permute(0, 2, 1, 3)
-    e_w = torch.bmm(q_w, k_w).view(b, h, w, w)
-    att = torch.softmax(torch.cat([e_h, e_w], 3), dim=3)
-    a_h = att[:, :, :, 0:h].permute(0, 2, 1, 3).contiguous().view(b * w, h, h)
-    a_w = att[:, :, :, h : h + w].contiguous().view(b * h, w, w)
-    out_h = torch.bmm(v_h, a_h.permute(0, 2, 1)).view(b, w, -1, h).permute(0, 2, 3, 1)
-    out_w = torch.bmm(v_w, a_w.permute(0, 2, 1)).view(b, h, -1, w).permute(0, 2, 1, 3)
-    return out_h + out_w
+    return criss_cross_attention_seed(query, key, value)
 
 
 def _inputs(h: int, w: int, impl: str):

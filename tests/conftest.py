@@ -105,6 +105,25 @@ def probe(path: Path) -> dict:
         }
 
 
+def low_precision_forward(model, x, dtype):
+    """``(low-precision output, float32 output)`` of ``model`` (eval) on ``x``; skips where the CPU lacks the dtype."""
+    import copy
+
+    import torch
+
+    low = copy.deepcopy(model).to(dtype)
+    try:
+        with torch.no_grad():
+            out = low(x.to(dtype))
+    except RuntimeError as e:  # some CPU builds have no float16 convolution
+        if "not implemented" in str(e).lower():
+            pytest.skip(f"{dtype} not supported here: {e}")
+        raise
+    with torch.no_grad():
+        ref = model(x)
+    return out, ref
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests carry @pytest.mark.gpu and are skipped where CUDA is absent."""
     import torch

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import low_precision_forward
 from vidseg.nets import CrissCrossAttention, build_model, get_spec, list_models
 from vidseg.nets.layers import BatchNormAct2d
 
@@ -378,16 +379,7 @@ def test_whole_model_float16_where_supported():
     model = tiny("ccnet", "mobilenetv2", width_mult=0.25, num_classes=7).eval()
     set_gamma(model, 0.5)
     x = torch.randn(2, 3, 48, 64)
-    half = copy.deepcopy(model).half()
-    try:
-        with torch.no_grad():
-            out = half(x.half())
-    except RuntimeError as e:  # some CPU builds have no float16 convolution
-        if "not implemented" in str(e).lower():
-            pytest.skip(f"float16 not supported here: {e}")
-        raise
-    with torch.no_grad():
-        ref = model(x)
+    out, ref = low_precision_forward(model, x, torch.float16)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.85
 
@@ -525,15 +517,6 @@ def test_deeplabv3_strides_and_defaults():
 def test_deeplabv3_mobilenetv3_low_precision(dtype):
     model = tiny("deeplabv3", "mobilenetv3", width_mult=0.5, num_classes=7).eval()
     x = torch.randn(2, 3, 48, 64)
-    low = copy.deepcopy(model).to(dtype)
-    try:
-        with torch.no_grad():
-            out = low(x.to(dtype))
-    except RuntimeError as e:  # some CPU builds have no float16 convolution
-        if "not implemented" in str(e).lower():
-            pytest.skip(f"{dtype} not supported here: {e}")
-        raise
-    with torch.no_grad():
-        ref = model(x)
+    out, ref = low_precision_forward(model, x, dtype)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.85

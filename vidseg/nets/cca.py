@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["criss_cross_attention", "CrissCrossAttention"]
+__all__ = ["criss_cross_attention", "criss_cross_attention_seed", "CrissCrossAttention"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -162,6 +162,34 @@ def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
         return _cca_autograd(query, key, value)
     return _cca_inference(query, key, value)
+
+
+def criss_cross_attention_seed(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """The seed's CC_module maths (aggregation before gamma/residual), as the seed wrote it.
+
+    The numerical reference for :func:`criss_cross_attention` (tests) and its
+    speed/memory baseline (benchmarks/bench_cca.py): permute/contiguous/bmm, a
+    -inf diagonal added to the column energies, one softmax over both
+    branches. Only the mask is built on the input's device and dtype instead of
+    the seed's hard-coded ``.cuda()``. Not used by the networks.
+    """
+    b, _, h, w = query.shape
+    q_h = query.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h).permute(0, 2, 1)
+    q_w = query.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w).permute(0, 2, 1)
+    k_h = key.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h)
+    k_w = key.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w)
+    v_h = value.permute(0, 3, 1, 2).contiguous().view(b * w, -1, h)
+    v_w = value.permute(0, 2, 1, 3).contiguous().view(b * h, -1, w)
+    inf = torch.tensor(float("inf"), device=query.device, dtype=query.dtype)
+    mask = -torch.diag(inf.repeat(h), 0).unsqueeze(0).repeat(b * w, 1, 1)
+    e_h = (torch.bmm(q_h, k_h) + mask).view(b, w, h, h).permute(0, 2, 1, 3)
+    e_w = torch.bmm(q_w, k_w).view(b, h, w, w)
+    att = torch.softmax(torch.cat([e_h, e_w], 3), dim=3)
+    a_h = att[:, :, :, 0:h].permute(0, 2, 1, 3).contiguous().view(b * w, h, h)
+    a_w = att[:, :, :, h : h + w].contiguous().view(b * h, w, w)
+    out_h = torch.bmm(v_h, a_h.permute(0, 2, 1)).view(b, w, -1, h).permute(0, 2, 3, 1)
+    out_w = torch.bmm(v_w, a_w.permute(0, 2, 1)).view(b, h, -1, w).permute(0, 2, 1, 3)
+    return out_h + out_w
 
 
 class CrissCrossAttention(nn.Module):
