@@ -29,7 +29,12 @@ def barcode_frame(i: int, h: int, w: int) -> np.ndarray:
 
 
 def read_barcode(img: np.ndarray) -> int:
-    """Inverse of ``barcode_frame`` on a decoded (lossy, blended) frame."""
+    """Inverse of ``barcode_frame`` on a decoded (lossy, blended) frame.
+
+    Readable under any class colour only while the overlay's alpha is below 0.5:
+    at 0.5 a white cell under a black class colour blends to 127.5, the threshold.
+    Tests that read barcodes pass ``--alpha 0.3`` (or less) to the sink.
+    """
     n = 0
     for b in range(BITS):
         cell = img[2 : CELL * 2 - 2, b * CELL + 2 : (b + 1) * CELL - 2]

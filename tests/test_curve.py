@@ -28,7 +28,7 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
     intruder = subprocess.Popen(base + ["worker", "--connect", ep, *TINY, "--connect-timeout", "60"], stderr=subprocess.PIPE, text=True)
     src = subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "--curve-secret", str(keys / "server.key_secret"),
                                    "--curve-clients", str(allowed)], stderr=subprocess.PIPE, text=True)
-    sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(tmp_path / "o.mp4"), *client], stderr=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(tmp_path / "o.mp4"), "--alpha", "0.3", *client], stderr=subprocess.PIPE, text=True)
     worker = subprocess.Popen(base + ["worker", "--connect", ep, *TINY, *client], stderr=subprocess.PIPE, text=True)
     try:
         for p in (src, sink, worker):

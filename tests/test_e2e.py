@@ -43,7 +43,7 @@ def test_clip_without_audio_and_odd_order_of_stage_start(tmp_path):
     ep = f"tcp://127.0.0.1:{port}"
     env = {**os.environ}
     base = [sys.executable, "-m", "vidseg"]
-    sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out), "--alpha", "0.3"], env=env, stderr=subprocess.PIPE, text=True)
     worker = subprocess.Popen(base + ["worker", "--connect", ep, *TINY], env=env, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     src = subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep], env=env, stderr=subprocess.PIPE, text=True)
