@@ -19,31 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _clips  # noqa: E402
 
 
 def make_clip(path: Path, frames: int, width: int, height: int, fps: int = 25) -> Path:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w", format="mp4") as out:
-        v = out.add_stream("libx264", rate=Fraction(fps))
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-        v.options = {"preset": "ultrafast", "crf": "30"}
-        base = np.zeros((height, width, 3), np.uint8)
-        for i in range(frames):
-            base[:] = (i * 3) % 256
-            base[: height // 2, : width // 2, 1] = (i * 7) % 256
-            vf = av.VideoFrame.from_ndarray(base, format="bgr24")
-            vf.pts = i
-            for p in v.encode(vf):
-                out.mux(p)
-        for p in v.encode(None):
-            out.mux(p)
-    return path
+    return _clips.make_clip(path, frames, width, height, fps, busy=False, crf=30)
 
 
 def rss_mib(pid: int) -> float:

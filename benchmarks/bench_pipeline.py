@@ -19,42 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def make_clip(path: Path, frames: int, width: int = 1280, height: int = 720, fps: int = 25) -> Path:
-    """Realistic-ish 720p content: moving gradients, shapes and noise (so H.264 works for its bits)."""
-    import av
-    import cv2
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        v = out.add_stream("libx264", rate=Fraction(fps))
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-        v.options = {"crf": "23", "preset": "veryfast"}
-        for i in range(frames):
-            img = np.empty((height, width, 3), np.uint8)
-            img[..., 0] = (xx + 3 * i) % 256
-            img[..., 1] = (yy + 2 * i) % 256
-            img[..., 2] = ((xx + yy) // 4 + i) % 256
-            for k in range(6):
-                cx = int((k * 211 + 9 * i) % width)
-                cy = int((k * 137 + 5 * i) % height)
-                cv2.circle(img, (cx, cy), 60 + 10 * k, (40 * k % 256, 255 - 30 * k, 90), -1)
-            img = cv2.add(img, rng.integers(0, 12, img.shape, dtype=np.uint8))
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
-            vf.pts = i
-            for p in v.encode(vf):
-                out.mux(p)
-        for p in v.encode(None):
-            out.mux(p)
-    return path
+from _clips import make_clip  # noqa: E402
 
 
 def _wait(proc: subprocess.Popen) -> tuple[int, float]:
@@ -89,9 +60,11 @@ def run_pipeline(clip: Path, out: Path, model_args: list[str]) -> dict:
 
 LOOP = r"""
 import sys, time, torch
-from vidseg.media import FileReader, VideoWriter
+from vidseg.media.decode import FileReader
+from vidseg.media.encode import VideoWriter
 from vidseg.composite import Compositor
-from vidseg.stages.infer import Segmenter, load_model
+from vidseg.predictor import Segmenter
+from vidseg.zoo import load_model
 from vidseg.config import ModelConfig
 clip, out, model, backbone, size, threads = sys.argv[1:7]
 torch.set_num_threads(int(threads))

@@ -4,9 +4,9 @@
 # evaluation clip (4242) are never trained on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m vidseg.train --model ccnet --backbone mobilenetv2 --width-mult 0.5 --input-size 320 --arch output_stride=8 \
+vidseg train --model ccnet --backbone mobilenetv2 --width-mult 0.5 --input-size 320 --arch output_stride=8 \
     --steps 1500 --batch 8 --lr 5e-3 --seed 1 --out models/ccnet-demo.pt --name ccnet-demo \
     --card-toml models/ccnet-demo.toml --eval-seed 4242
-python -m vidseg.train --model deeplabv3plus --backbone mobilenetv2 --width-mult 0.5 --input-size 320 \
+vidseg train --model deeplabv3plus --backbone mobilenetv2 --width-mult 0.5 --input-size 320 \
     --steps 1200 --batch 8 --lr 5e-3 --seed 2 --out models/deeplabv3plus-demo.pt --name deeplabv3plus-demo \
     --card-toml models/deeplabv3plus-demo.toml --eval-seed 4242

@@ -10,7 +10,7 @@ import torch
 
 from vidseg.config import ModelConfig
 from vidseg.nets import build_model
-from vidseg.stages.infer import load_model
+from vidseg.zoo import load_model
 
 
 def conv_shape(shapes: dict, p: str, cout: int, cin: int, k: int, bias: bool = False) -> None:

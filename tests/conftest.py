@@ -43,33 +43,12 @@ def read_barcode(img: np.ndarray) -> int:
     return n
 
 
-def make_clip(path: Path, *, frames: int = 24, width: int = 96, height: int = 64, fps: Fraction = Fraction(12), audio: bool = True, faststart: bool = True) -> Path:
-    """Write an H.264 MP4 of barcode frames, with an AAC tone when ``audio``."""
-    import av
+def make_clip(path: Path, *, frames: int = 24, width: int = 96, height: int = 64, fps: Fraction = Fraction(12), audio: bool = True) -> Path:
+    """Write an H.264 MP4 of barcode frames, with an AAC tone when ``audio`` (vidseg's own clip writer)."""
+    from vidseg.media.encode import write_clip
 
-    opts = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=opts) as out:
-        v = out.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-        v.options = {"crf": "12", "preset": "ultrafast"}
-        a = out.add_stream("aac", rate=22050, layout="mono") if audio else None
-        for i in range(frames):
-            vf = av.VideoFrame.from_ndarray(barcode_frame(i, height, width), format="bgr24")
-            vf.pts = i
-            for p in v.encode(vf):
-                out.mux(p)
-        for p in v.encode(None):
-            out.mux(p)
-        if a is not None:
-            n = int(22050 * frames / float(fps))
-            tone = (0.2 * np.sin(np.arange(n) * 2 * np.pi * 440 / 22050)).astype(np.float32)
-            for s in range(0, n, 1024):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[None, s : s + 1024]), format="fltp", layout="mono")
-                af.sample_rate, af.pts = 22050, s
-                for p in a.encode(af):
-                    out.mux(p)
-            for p in a.encode(None):
-                out.mux(p)
+    write_clip(path, (barcode_frame(i, height, width) for i in range(frames)), fps=fps,
+               tone_hz=440.0 if audio else None, crf=12, preset="ultrafast")
     return path
 
 

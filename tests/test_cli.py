@@ -59,12 +59,12 @@ def test_a_stage_reports_its_own_peak_memory_not_its_parents():
     import subprocess
     import sys
 
-    from vidseg.cli import _peak_rss_mib
+    from vidseg.stages.base import peak_rss_mib
 
     ballast = bytearray(400 * 2**20)  # this (parent) process now peaks above 400 MiB
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page so it is resident
-    assert _peak_rss_mib() > 400
-    child = subprocess.run([sys.executable, "-c", "from vidseg.cli import _peak_rss_mib; print(_peak_rss_mib())"],
+    assert peak_rss_mib() > 400
+    child = subprocess.run([sys.executable, "-c", "from vidseg.stages.base import peak_rss_mib; print(peak_rss_mib())"],
                            capture_output=True, text=True, timeout=120)
     del ballast
     assert child.returncode == 0, child.stderr

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from vidseg.config import ModelConfig
-from vidseg.metrics import confusion_matrix, format_table, iou_from_confusion
+from vidseg.evaluate import confusion_matrix, format_table, iou_from_confusion
 from vidseg.scenes import CLASS_NAMES, SceneConfig, write_scene
-from vidseg.stages.infer import Segmenter, load_model
+from vidseg.predictor import Segmenter
+from vidseg.zoo import load_model
 from vidseg.train import DEMO_SEED, EVAL_SEED, SCENE_KNOBS, TRAIN_SEEDS
 
 SEED = EVAL_SEED  # chosen before the models were trained; see models/README.md

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vidseg.errors import StageError
-from vidseg.stages.sink import ReorderBuffer
+from vidseg.reorder import ReorderBuffer
 
 
 def _f(i):

@@ -1,7 +1,6 @@
-"""Training loop, checkpoints/resume, the user-folder dataset, metrics, and the shipped demo cards."""
+"""Training loop, checkpoints/resume, the user-folder dataset, the training CLI, and the shipped demo cards."""
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -13,10 +12,10 @@ import torch
 
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
-from vidseg.metrics import confusion_matrix, format_table, iou_from_confusion
 from vidseg.scenes import CLASS_NAMES, PALETTE, SceneConfig, generate_scene
-from vidseg.stages.infer import Segmenter, load_model
-from vidseg.train import DEMO_SEED, EVAL_SEED, TRAIN_SEEDS, card_to_toml, state_path, train
+from vidseg.predictor import Segmenter
+from vidseg.zoo import load_model
+from vidseg.train import DEMO_SEED, EVAL_SEED, TRAIN_SEEDS, state_path, train
 from vidseg.zoo import ModelCard, Preprocess, read_card_file, read_checkpoint, sha256_file, zoo_cards
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -35,58 +34,6 @@ def write_pairs(root: Path, n: int = 3, *, size: tuple[int, int] = (64, 48), see
         cv2.imwrite(str(root / "images" / f"f{i}.png"), frame)
         cv2.imwrite(str(root / "masks" / f"f{i}.png"), mask)
     return root
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def test_confusion_matrix_by_hand():
-    target = np.array([[0, 0, 1], [1, 2, 255]])
-    pred = np.array([[0, 1, 1], [1, 0, 2]])
-    cm = confusion_matrix(pred, target, 4)
-    # rows: truth, cols: prediction; the 255 pixel is ignored
-    expected = np.zeros((4, 4), np.int64)
-    expected[0, 0] = 1
-    expected[0, 1] = 1
-    expected[1, 1] = 2
-    expected[2, 0] = 1
-    np.testing.assert_array_equal(cm, expected)
-    assert cm.dtype == np.int64
-
-
-def test_iou_by_hand_with_absent_class():
-    cm = confusion_matrix(np.array([[0, 1, 1], [1, 0, 2]]), np.array([[0, 0, 1], [1, 2, 255]]), 4)
-    miou, per = iou_from_confusion(cm)
-    # class 0: tp 1, fp 1 (2->0), fn 1 (0->1) -> 1/3; class 1: tp 2, fp 1 -> 2/3;
-    # class 2: tp 0, fn 1 -> 0; class 3: absent everywhere -> NaN, not in the mean
-    assert per[0] == pytest.approx(1 / 3)
-    assert per[1] == pytest.approx(2 / 3)
-    assert per[2] == 0.0
-    assert math.isnan(per[3])
-    assert miou == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
-
-
-def test_iou_perfect_and_all_absent():
-    t = np.array([0, 0, 2, 2])
-    miou, per = iou_from_confusion(confusion_matrix(t, t, 3))
-    assert miou == 1.0 and math.isnan(per[1])
-    miou, per = iou_from_confusion(np.zeros((3, 3), np.int64))
-    assert math.isnan(miou) and np.isnan(per).all()
-
-
-def test_confusion_matrix_rejects_bad_input():
-    with pytest.raises(ValueError, match="shapes differ"):
-        confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
-    with pytest.raises(ValueError, match="class id 5"):
-        confusion_matrix(np.array([5]), np.array([0]), 2)
-
-
-def test_format_table():
-    text = format_table([0.5, float("nan"), 1.0], ["background", "disc", "box"])
-    lines = text.splitlines()
-    assert lines[0].split() == ["class", "IoU"]
-    assert "background  0.5000" in text and "disc" in text and "n/a" in text
-    assert lines[-1].split() == ["mean", "0.7500"]
 
 
 # --------------------------------------------------------------------------- training
@@ -174,6 +121,9 @@ def test_user_folder_trains(tmp_path):
     res = train(model="deeplabv3plus", steps=2, lr=1e-3, out=str(tmp_path / "f.pt"), data=str(data), **TINY)
     assert res["step"] == 2 and "folder" in res["card"]["description"]
     load_model(ModelConfig(weights=str(tmp_path / "f.pt")))
+    # More classes than the folder's masks use: the card says what was asked for.
+    res = train(model="deeplabv3plus", steps=2, lr=1e-3, out=str(tmp_path / "g.pt"), data=str(data), num_classes=9, **TINY)
+    assert res["step"] == 2 and res["card"]["num_classes"] == 9
 
 
 @pytest.mark.parametrize(
@@ -225,7 +175,7 @@ def test_card_toml_round_trip(tmp_path):
                      arch={"width_mult": 0.5, "output_stride": 8}, weights="t.pt", sha256="ab" * 32,
                      description='quotes " and \\ survive')
     p = tmp_path / "t.toml"
-    p.write_text(card_to_toml(card))
+    p.write_text(card.to_toml())
     assert read_card_file(p) == card
 
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
-from vidseg.stages.infer import build_from_card, load_model
+from vidseg.zoo import build_from_card, load_model
 from vidseg.weights import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
@@ -207,7 +207,7 @@ def test_arch_flags_agreeing_with_the_checkpoint_pass_and_others_fail(files):
 
 
 def test_bad_arch_values_are_one_line_errors():
-    from vidseg.stages.infer import build_from_card
+    from vidseg.zoo import build_from_card
     from vidseg.zoo import ModelCard
 
     for arch, match in (({"multi_grid": 5}, "multi_grid needs 3 factors"),

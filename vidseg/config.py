@@ -1,11 +1,15 @@
-"""Configuration as frozen dataclasses. Precedence: defaults < config file < flags.
+"""Settings as frozen dataclasses, resolved once. Precedence: defaults < config file < flags.
 
-The CLI builds these from Click parameters; a config file (TOML, keys mirror the
-CLI flags with ``-`` or ``_``) fills Click's ``default_map`` so flags win.
+The CLI builds these from its options (a config file fills Click's
+``default_map``, so flags win) and passes them as objects. ``vidseg run``
+hands them to its stage processes as flags derived from the fields
+(:func:`vidseg.launch.to_args`), so a field added here reaches every stage
+that takes it without a second list of names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ast
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,27 @@ from .errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODES = ("lossless", "live")
+
+
+def parse_arch(items: Any) -> tuple[tuple[str, Any], ...]:
+    """``("output_stride=8", "multi_grid=(1,2,4)")`` -> ``(("output_stride", 8), ("multi_grid", (1, 2, 4)))``.
+
+    Values are Python literals where they parse as one, else strings. The one
+    parser of ``--arch`` for every command (and for recipes, which may also
+    give a table).
+    """
+    if isinstance(items, dict):
+        return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items.items())
+    out = []
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--arch {item!r} is not KEY=VALUE; e.g. --arch output_stride=8")
+        try:
+            out.append((key, ast.literal_eval(value)))
+        except (ValueError, SyntaxError):
+            out.append((key, value))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -25,9 +50,24 @@ class ModelConfig:
     num_classes: int | None = None
     input_size: int | None = None  # inference resolution, pixels: the side the card names (longer by default)
     device: str = "auto"
-    precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+    precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU (vidseg.predictor.default_precision)
     width_mult: float | None = None
     arch: tuple[tuple[str, Any], ...] = ()  # extra builder kwargs for a model without a card
+
+    def builder_arch(self) -> dict[str, Any]:
+        """Builder keyword arguments from ``--arch`` and ``--width-mult``."""
+        arch = dict(self.arch)
+        if self.width_mult:
+            arch["width_mult"] = self.width_mult
+        return arch
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How a worker groups frames into forward passes."""
+
+    batch: int = 1  # frames per forward pass, batched across streams
+    max_wait: float = 0.005  # seconds a worker waits to fill a batch
 
 
 @dataclass(frozen=True)
@@ -44,6 +84,15 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """What the source reads and how."""
+
+    sources: tuple[str, ...] = field(default=(), metadata={"flag": "source"})
+    mode: str | None = None  # None: live for cameras and URLs, lossless otherwise
+    fps: float | None = None  # image folders: frames per second (default 25)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """How the sink composites and encodes."""
 
@@ -52,6 +101,16 @@ class OutputConfig:
     alpha: float = 0.5
     crf: int = 20
     preset: str = "veryfast"
+    preview: bool = False  # an OpenCV window (needs a display)
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """CURVE encryption for tcp endpoints (``vidseg keys``)."""
+
+    curve_secret: str | None = None  # this stage's secret key file
+    curve_server: str | None = None  # connecting stages: the source's public key file
+    curve_clients: str | None = None  # the source: folder of admitted public keys
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -68,7 +127,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise InputError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
     flat: dict[str, Any] = {}
     for k, v in data.items():
-        if isinstance(v, dict):  # [run], [worker] ... sections: flattened, later wins
+        if isinstance(v, dict) and k != "arch":  # [run], [worker] ... sections: flattened, later wins
             flat.update({kk.replace("-", "_"): vv for kk, vv in v.items()})
         else:
             flat[k.replace("-", "_")] = v

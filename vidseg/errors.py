@@ -1,4 +1,10 @@
-"""One error base class: the CLI turns any VidsegError into one line and an exit code."""
+"""One error base class: the CLI turns any VidsegError into one line and an exit code.
+
+Exit codes: 0 done; 2 bad input; 3 transport (endpoint in use, a peer went
+silent); 4 a stage failed; 5 finished, but some source frames could not be
+decoded; 130 interrupted. :func:`report` is the one translator from an
+exception to a printed line and a code.
+"""
 from __future__ import annotations
 
 
@@ -34,3 +40,23 @@ class FramesLost(VidsegError):
     """The run finished, but some source frames could not be decoded; the output holds the rest."""
 
     exit_code = 5
+
+
+def short_reason(e: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return s[:200]
+
+
+#: Exit codes of a stage that already printed its own one-line error.
+REPORTED_EXIT_CODES = frozenset({InputError.exit_code, TransportError.exit_code, StageError.exit_code, FramesLost.exit_code})
+INTERRUPTED_EXIT_CODE = 130
+
+
+def report(e: BaseException) -> tuple[str | None, int]:
+    """``(line to print or None, exit code)`` for an error that ends a command."""
+    if isinstance(e, VidsegError):
+        return (f"vidseg: error: {e}" if str(e) else None), e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return "vidseg: interrupted", INTERRUPTED_EXIT_CODE
+    raise e

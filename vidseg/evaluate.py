@@ -1,24 +1,80 @@
-"""Accuracy of the whole pipeline: predicted mask PNGs against ground-truth PNGs."""
+"""Accuracy: confusion matrix, per-class IoU and mIoU, and the pipeline's mask folders against ground truth.
+
+Numpy only (no torch), so evaluation code and tests can use it anywhere.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .media.masks import mask_files as _pngs
+from .media.masks import read_mask as _read
+
+__all__ = ["confusion_matrix", "iou_from_confusion", "format_table", "load_ground_truth", "evaluate_dirs"]
 
 
-def _pngs(folder: str | Path) -> list[Path]:
-    return sorted(Path(folder).glob("*.png"))
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[t, p]`` = number of pixels of true class ``t`` predicted as ``p``.
+
+    ``pred`` and ``target`` are integer label arrays of the same shape (any
+    number of dimensions, e.g. a stack of masks).  Target pixels outside
+    ``[0, num_classes)`` (such as a 255 "void" label) are ignored; a prediction
+    outside that range is a ValueError, since a model cannot emit it.
+    Returns an int64 ``(num_classes, num_classes)`` array.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+    p = pred.ravel().astype(np.int64, copy=False)
+    t = target.ravel().astype(np.int64, copy=False)
+    valid = (t >= 0) & (t < num_classes)
+    p, t = p[valid], t[valid]
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        bad = int(p.min()) if p.min() < 0 else int(p.max())
+        raise ValueError(f"prediction holds class id {bad}, outside 0..{num_classes - 1}")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def _read(path: Path) -> np.ndarray:
-    import cv2
+def iou_from_confusion(cm: np.ndarray) -> tuple[float, np.ndarray]:
+    """Per-class IoU ``tp / (tp + fp + fn)`` and their mean.
 
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None or m.ndim != 2 or m.dtype != np.uint8:
-        raise InputError(f"{path} is not a single-channel 8-bit PNG of class ids; save masks as 'L' mode PNGs")
-    return m
+    A class absent from both prediction and target (its row and column are all
+    zero) has no defined IoU: it is reported as NaN and left out of the mean.
+    The mean is NaN only when every class is absent.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_class = np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
+    present = ~np.isnan(per_class)
+    miou = float(per_class[present].mean()) if present.any() else math.nan
+    return miou, per_class
+
+
+def format_table(per_class: Sequence[float] | np.ndarray, class_names: Sequence[str]) -> str:
+    """A two-column text table of per-class IoU plus the mean; NaN shows as ``n/a``."""
+    vals = np.asarray(per_class, dtype=np.float64)
+    if len(vals) != len(class_names):
+        raise ValueError(f"{len(vals)} IoU values but {len(class_names)} class names")
+    width = max([len("mean"), len("class")] + [len(str(n)) for n in class_names])
+    lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
+    for name, v in zip(class_names, vals):
+        lines.append(f"{name:<{width}}  {'n/a' if math.isnan(v) else f'{v:.4f}'}")
+    present = vals[~np.isnan(vals)]
+    mean = f"{present.mean():.4f}" if present.size else "n/a"
+    lines.append(f"{'-' * width}  ------")
+    lines.append(f"{'mean':<{width}}  {mean}")
+    return "\n".join(lines)
 
 
 def load_ground_truth(folder: str, *, frames: int | None, size: tuple[int, int], num_classes: int, ignore_index: int = 255) -> list[Path]:
@@ -46,8 +102,6 @@ def load_ground_truth(folder: str, *, frames: int | None, size: tuple[int, int],
 
 def evaluate_dirs(pred_dir: str, gt_files: list[Path], class_names: tuple[str, ...], *, ignore_index: int = 255, fp32_dir: str | None = None) -> dict:
     """mIoU and per-class IoU over all frames; pixel agreement with an fp32 run when given."""
-    from .metrics import confusion_matrix, format_table, iou_from_confusion
-
     preds = _pngs(pred_dir)
     if len(preds) != len(gt_files):
         raise InputError(f"the pipeline produced {len(preds)} masks for {len(gt_files)} ground-truth frames")

@@ -40,7 +40,6 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -765,24 +764,6 @@ def _check_replaceable(masks_dir: Path) -> None:
         )
 
 
-def _bgr_to_yuv420p(av, frame: np.ndarray):
-    """BGR uint8 -> yuv420p ``av.VideoFrame`` (BT.601, limited range).
-
-    swscale's direct bgr24 -> yuv420p path truncates instead of rounding (luma
-    comes out about one level dark); its bgr24 -> yuv444p path is exact, so go
-    through that and average each 2x2 chroma block ourselves.
-    """
-    h, w = frame.shape[:2]
-    yuv = av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuv444p").to_ndarray()
-    uv = cv2.resize(np.ascontiguousarray(yuv[1:].transpose(1, 2, 0)), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    planes = np.concatenate([yuv[0].ravel(), uv[..., 0].ravel(), uv[..., 1].ravel()])
-    return av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
-
-
-def _fps_fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
-
-
 def write_scene(
     cfg: SceneConfig,
     video_path: str | os.PathLike[str],
@@ -803,7 +784,7 @@ def write_scene(
     Returns metadata: frames, fps, width, height, size, classes, palette, seed,
     audio, video, masks_dir.
     """
-    import av  # heavy; only needed here
+    from .media.encode import write_clip
 
     if cfg.width % 2 or cfg.height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {cfg.width}x{cfg.height}")
@@ -813,67 +794,30 @@ def write_scene(
     video_path.parent.mkdir(parents=True, exist_ok=True)
     masks_dir.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_video = video_path.with_name(f".{video_path.name}.{tag}.tmp")
     tmp_masks = masks_dir.with_name(f".{masks_dir.name}.{tag}.tmp")
     trash = masks_dir.with_name(f".{masks_dir.name}.{tag}.old")
-    rate = _fps_fraction(cfg.fps)
-    sample_rate = 48000
-    total_samples = int(round(cfg.num_frames / rate * sample_rate))
-    chunk = 1024
+    scene = Scene(cfg)
+
+    def frames() -> Iterator[np.ndarray]:
+        for t in range(cfg.num_frames):
+            sf = scene.render(t)
+            ok, png = cv2.imencode(".png", sf.mask)
+            if not ok:  # pragma: no cover - cv2 failure
+                raise RuntimeError("PNG encoding failed")
+            (tmp_masks / f"{t:06d}.png").write_bytes(png.tobytes())
+            yield sf.frame
+
     tmp_masks.mkdir()
     try:
-        with av.open(str(tmp_video), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-            vs = out.add_stream("libx264", rate=rate)
-            vs.width, vs.height = cfg.width, cfg.height
-            vs.pix_fmt = "yuv420p"
-            vs.time_base = 1 / rate
-            vs.codec_context.time_base = 1 / rate
-            vs.options = {"crf": str(crf), "preset": preset}
-            aus = None
-            if audio:
-                aus = out.add_stream("aac", rate=sample_rate)
-                aus.layout = "mono"
-                aus.bit_rate = 96000
-            sent = 0  # audio samples encoded so far
-            scene = Scene(cfg)
-            for t in range(cfg.num_frames):
-                sf = scene.render(t)
-                ok, png = cv2.imencode(".png", sf.mask)
-                if not ok:  # pragma: no cover - cv2 failure
-                    raise RuntimeError("PNG encoding failed")
-                (tmp_masks / f"{t:06d}.png").write_bytes(png.tobytes())
-                vf = _bgr_to_yuv420p(av, sf.frame)
-                vf.pts = t
-                vf.time_base = vs.codec_context.time_base
-                for pkt in vs.encode(vf):
-                    out.mux(pkt)
-                if aus is not None:
-                    # Keep audio up to the end of this video frame (interleaving).
-                    until = min(total_samples, int(round((t + 1) / rate * sample_rate)))
-                    while sent < until:
-                        n = min(chunk, total_samples - sent)
-                        ts = (np.arange(sent, sent + n, dtype=np.float64)) / sample_rate
-                        tone = (0.2 * np.sin(2 * np.pi * 440.0 * ts)).astype(np.float32)[None, :]
-                        af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-                        af.sample_rate = sample_rate
-                        af.pts = sent
-                        af.time_base = Fraction(1, sample_rate)
-                        for pkt in aus.encode(af):
-                            out.mux(pkt)
-                        sent += n
-            for pkt in vs.encode(None):
-                out.mux(pkt)
-            if aus is not None:
-                for pkt in aus.encode(None):
-                    out.mux(pkt)
-        # Install: masks first (may refuse), then the video.
+        # The video is written under a temporary name and renamed when complete (write_clip);
+        # the masks were checked replaceable above and go into place right after it.
+        write_clip(video_path, frames(), fps=cfg.fps, tone_hz=440.0 if audio else None,
+                   crf=crf, preset=preset, exact_yuv=True)
         _check_replaceable(masks_dir)
         if masks_dir.exists():
             os.replace(masks_dir, trash)
         os.replace(tmp_masks, masks_dir)
-        os.replace(tmp_video, video_path)
     except BaseException:
-        tmp_video.unlink(missing_ok=True)
         shutil.rmtree(tmp_masks, ignore_errors=True)
         raise
     finally:

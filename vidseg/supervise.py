@@ -10,11 +10,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import StageError
+from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, StageError
 
 log = logging.getLogger("vidseg.run")
-
-REPORTED = {2, 3, 4, 5}  # exit codes of a stage that already printed its one-line error
 
 
 @dataclass
@@ -102,7 +100,7 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                     s.finished = True
                     continue
                 why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-                if interrupts["n"] and rc in (-signal.SIGTERM, -signal.SIGINT, 130, 128 + signal.SIGTERM):
+                if interrupts["n"] and rc in (-signal.SIGTERM, -signal.SIGINT, INTERRUPTED_EXIT_CODE, 128 + signal.SIGTERM):
                     raise KeyboardInterrupt  # a stage stopped by the user's signal, e.g. during start-up
                 if s.role == "worker" and source_alive and rc not in REPORTED:
                     if s.restarts < worker_restarts:

@@ -2,7 +2,7 @@
 
 The demo models shipped in ``models/`` come from :func:`train` (recipe:
 ``models/train_demo.sh``).  Images reach the network exactly the way the
-worker's :class:`vidseg.stages.infer.Segmenter` feeds it: BGR uint8 frame ->
+worker's :class:`vidseg.predictor.Segmenter` feeds it: BGR uint8 frame ->
 resize (bilinear) to the inference size -> RGB -> ``(x/255 - mean) / std``
 with ImageNet statistics.  On top of that, training adds augmentation (random
 scale, crop, flips, colour jitter, JPEG artefacts, blur) so the model holds up
@@ -15,7 +15,7 @@ Seeds (disjoint by construction):
 * held-out evaluation (tests, ``models/README.md``): seeds below ``1_000_000``
   (:data:`EVAL_SEED` = ``4242`` by default).
 
-Run ``python -m vidseg.train --help`` for the command line.
+The command line is ``vidseg train`` (:mod:`vidseg.cli.train`).
 """
 from __future__ import annotations
 
@@ -210,9 +210,7 @@ def _augment(
 
 def _to_tensor_batch(imgs: Sequence[np.ndarray], pre: Preprocess) -> np.ndarray:
     """BGR uint8 images -> (B, 3, H, W) float32, the same arithmetic as ``Segmenter._run_cpu``."""
-    std = np.asarray(pre.std, np.float32)
-    a = (pre.scale / std).astype(np.float32)
-    b = (-np.asarray(pre.mean, np.float32) / std).astype(np.float32)
+    a, b = pre.affine()
     h, w = imgs[0].shape[:2]
     batch = np.empty((len(imgs), h, w, 3), np.float32)
     for i, img in enumerate(imgs):
@@ -518,14 +516,14 @@ def evaluate(
 
     Writes scene ``seed`` with :func:`vidseg.scenes.write_scene` (H.264 MP4 +
     exact PNG masks), decodes it to BGR frames with PyAV, segments them with
-    :class:`vidseg.stages.infer.Segmenter` on the CPU and compares with the
+    :class:`vidseg.predictor.Segmenter` on the CPU and compares with the
     masks.  Returns miou, per_class (NaN for absent classes), confusion, frames.
     """
     import av
 
-    from .metrics import confusion_matrix, iou_from_confusion
+    from .evaluate import confusion_matrix, iou_from_confusion
     from .scenes import write_scene
-    from .stages.infer import Segmenter
+    from .predictor import Segmenter
 
     if seed in TRAIN_SEEDS:
         raise ValueError(f"seed {seed} is a training seed; evaluate on a seed outside {TRAIN_SEEDS}")
@@ -542,110 +540,3 @@ def evaluate(
         cm += confusion_matrix(np.stack(preds), np.stack(masks[i : i + batch]), card.num_classes)
     miou, per_class = iou_from_confusion(cm)
     return {"miou": miou, "per_class": per_class, "confusion": cm, "frames": len(frames)}
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parse_arch(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep:
-            raise SystemExit(f"--arch expects KEY=VALUE, got {it!r}")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m vidseg.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backbone", required=True)
-    ap.add_argument("--width-mult", type=float, default=0.5)
-    ap.add_argument("--input-size", type=int, default=320)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data", default=None, help="folder with images/ and masks/ (default: generated scenes)")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--checkpoint-every", type=int, default=100)
-    ap.add_argument("--crop", type=int, default=None)
-    ap.add_argument("--no-aux", action="store_true")
-    ap.add_argument("--name", default=None, help="card name (default: the output file's stem)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE", help="extra builder argument")
-    ap.add_argument("--eval-seed", type=int, default=None, help="after training, report mIoU on this generated clip")
-    ap.add_argument("--card-toml", default=None, help="also write the model card as TOML here (weights relative to it)")
-    a = ap.parse_args(argv)
-    try:
-        res = train(
-            model=a.model, backbone=a.backbone, width_mult=a.width_mult, input_size=a.input_size, steps=a.steps,
-            batch=a.batch, lr=a.lr, seed=a.seed, out=a.out, data=a.data, resume=a.resume,
-            checkpoint_every=a.checkpoint_every, crop=a.crop, aux=not a.no_aux, name=a.name, threads=a.threads,
-            **_parse_arch(a.arch),
-        )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {res['out']} (sha256 {res['sha256']}) after {res['step']} steps, loss {res['loss']}, {res['wall_s']:.0f} s")
-    card = ModelCard.from_dict(res["card"])
-    if a.card_toml:
-        toml_path = Path(a.card_toml)
-        weights = os.path.relpath(Path(res["out"]).resolve(), toml_path.resolve().parent)
-        toml_path.write_text(card_to_toml(replace(card, weights=weights, sha256=res["sha256"])))
-        print(f"wrote {toml_path}")
-    if a.eval_seed is not None:
-        from .metrics import format_table
-        from .stages.infer import build_from_card
-        from .zoo import read_checkpoint
-
-        import torch
-
-        torch.set_num_threads(a.threads)
-        net = build_from_card(card, read_checkpoint(res["out"])["state_dict"])
-        ev = evaluate(net, card, seed=a.eval_seed)
-        print(f"held-out clip seed {a.eval_seed}, {ev['frames']} frames: mIoU {ev['miou']:.4f}")
-        print(format_table(ev["per_class"], card.class_names))
-    return 0
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def card_to_toml(card: ModelCard) -> str:
-    """The card as TOML text (scalars first, then ``[preprocess]`` and ``[arch]`` tables)."""
-    d = card.to_dict()
-    lines = []
-    tables = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables[k] = v
-        else:
-            lines.append(f"{k} = {_toml_value(v)}")
-    for k, t in tables.items():
-        lines.append("")
-        lines.append(f"[{k}]")
-        lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in t.items())
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

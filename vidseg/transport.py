@@ -1,10 +1,11 @@
-"""ZeroMQ plumbing: endpoint checks, bind/connect with clear errors, timed receives."""
+"""ZeroMQ plumbing: the source's ROUTER and the peers' DEALERs, clear bind/connect errors, CURVE, signals."""
 from __future__ import annotations
 
 import re
 
 import zmq
 
+from .config import CurveConfig
 from .errors import TransportError
 from .wire import Message, pack, unpack
 
@@ -42,20 +43,52 @@ def connect(sock: zmq.Socket, endpoint: str) -> None:
         raise TransportError(f"cannot connect to {endpoint} ({e.strerror}); check the address") from None
 
 
-def dealer(endpoint: str, *, linger: int, curve_secret: str | None = None, curve_server_key: str | None = None) -> zmq.Socket:
-    """The DEALER a worker or sink uses to reach the source: unbounded HWMs (the source's
-    credits and window bound the traffic), optional CURVE, connected."""
-    from .errors import InputError
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def _socket(kind: int, *, linger: int) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
+    # Unbounded HWMs: the source's credits and windows bound the traffic, and a
+    # high-water mark must never silently drop a frame under them.
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    return sock
+
+
+def router(endpoint: str, *, linger: int, curve: CurveConfig = CurveConfig()) -> tuple[zmq.Socket, str, object]:
+    """The source's ROUTER, bound: every other stage connects to it.
+
+    ROUTER_MANDATORY makes a send to a vanished peer an error (PeerGone)
+    instead of a silent drop. Returns ``(socket, bound endpoint, CURVE
+    authenticator or None)``; stop the authenticator when the socket closes.
+    """
+    from .errors import InputError
+
+    if curve.curve_clients and not curve.curve_secret:
+        raise InputError("--curve-clients needs --curve-secret (the source's secret key)")
+    sock = _socket(zmq.ROUTER, linger=linger)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    auth = None
     try:
-        if curve_secret or curve_server_key:
-            if not (curve_secret and curve_server_key):
+        if curve.curve_secret:  # must be set before bind
+            auth = curve_server(sock, curve.curve_secret, curve.curve_clients)
+        bound = bind(sock, endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
+        raise
+    return sock, bound, auth
+
+
+def dealer(endpoint: str, *, linger: int, curve: CurveConfig = CurveConfig()) -> zmq.Socket:
+    """The DEALER a worker or sink uses to reach the source: optional CURVE, connected."""
+    from .errors import InputError
+
+    sock = _socket(zmq.DEALER, linger=linger)
+    try:
+        if curve.curve_secret or curve.curve_server:
+            if not (curve.curve_secret and curve.curve_server):
                 raise InputError("CURVE needs both --curve-secret (this stage's key) and --curve-server (the source's public key)")
-            curve_client(sock, curve_secret, curve_server_key)
+            curve_client(sock, curve.curve_secret, curve.curve_server)
         connect(sock, endpoint)
     except BaseException:
         sock.close(linger=0)

@@ -50,15 +50,15 @@ import torch
 from torch import Tensor, nn
 
 from .aspp import ASPP
-from .backbones import BACKBONES, build_backbone
+from .backbones import build_backbone
 from .cca import CrissCrossAttention
 from .layers import BatchNormAct2d, check_width_mult, init_weights, resize, scale_channels
-from .registry import register_model
+from .registry import get_spec
 
 __all__ = ["CCNet", "RCCAModule", "ccnet"]
 
 HEAD_ACTS = ("leaky", "relu")
-VARIANTS = ("rcca", "aspp")
+VARIANTS = get_spec("ccnet").variants
 
 
 class RCCAModule(nn.Module):
@@ -176,13 +176,6 @@ class CCNet(nn.Module):
         return out
 
 
-@register_model(
-    "ccnet",
-    backbones=BACKBONES,
-    default_backbone="mobilenetv2",
-    description="CCNet: dilated backbone + recurrent criss-cross attention head (RCCA), optional DSN aux head",
-    variants=VARIANTS,
-)
 def ccnet(
     *,
     backbone: str = "mobilenetv2",

@@ -24,18 +24,12 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from .aspp import ASPP
-from .backbones import BACKBONES, build_backbone
+from .backbones import build_backbone
 from .backbones.mobilenetv3 import MobileNetV3Large
 from .base import AtrousSegmenter
 from .layers import FCNHead, check_width_mult, init_weights, scale_channels
-from .registry import register_model
 
 __all__ = ["DeepLabV3", "deeplabv3"]
-
-DEEPLABV3_BACKBONES = ("resnet50", "resnet101", "mobilenetv3") + tuple(
-    b for b in BACKBONES if not b.startswith("resnet")
-)
-
 
 class DeepLabV3(AtrousSegmenter):
     """``forward(x)`` returns logits at the input size; ``(main, aux)`` in training with ``aux``."""
@@ -69,12 +63,6 @@ class DeepLabV3(AtrousSegmenter):
         return self.classifier(feats["out"])
 
 
-@register_model(
-    "deeplabv3",
-    backbones=DEEPLABV3_BACKBONES,
-    default_backbone="mobilenetv3",
-    description="DeepLabV3: atrous backbone + ASPP (image pooling), no decoder (torchvision layout)",
-)
 def deeplabv3(
     *,
     backbone: str = "mobilenetv3",

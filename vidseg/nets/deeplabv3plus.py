@@ -68,10 +68,9 @@ import torch
 from torch import Tensor, nn
 
 from .aspp import ASPP, SeparableConv2d
-from .backbones import BACKBONES, build_backbone
+from .backbones import build_backbone
 from .base import AtrousSegmenter
 from .layers import FCNHead, check_width_mult, init_weights, resize, scale_channels
-from .registry import register_model
 
 __all__ = ["DeepLabV3Plus", "DeepLabV3PlusHead", "HEADS", "deeplabv3plus"]
 
@@ -173,12 +172,6 @@ class DeepLabV3Plus(AtrousSegmenter):
         return self.classifier(feats["low"], feats["out"])
 
 
-@register_model(
-    "deeplabv3plus",
-    backbones=BACKBONES,
-    default_backbone="mobilenetv2",
-    description="DeepLabV3+: atrous backbone + ASPP (image pooling) + stride-4 decoder",
-)
 def deeplabv3plus(
     *,
     backbone: str = "mobilenetv2",

@@ -10,7 +10,6 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .registry import register_model
 
 
 class NullModel(nn.Module):
@@ -32,6 +31,5 @@ class NullModel(nn.Module):
         return out * self.scale.to(x.dtype)
 
 
-@register_model("null", backbones=("none",), default_backbone="none", description="no computation: fixed delay, class stripes (benchmarks)")
 def null(*, backbone: str = "none", num_classes: int = 19, delay_ms: float = 0.0, align_corners: bool = False, width_mult: float = 1.0, **_: object) -> NullModel:
     return NullModel(num_classes, delay_ms=delay_ms, align_corners=align_corners)

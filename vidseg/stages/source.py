@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from ..config import FlowConfig
-from ..errors import StageError, TransportError, WireError
-from ..media import FrameReader, open_source
-from ..transport import PeerGone, bind, curve_server, install_drain_handlers, recv, send, send_msg
+from ..config import CurveConfig, FlowConfig, SourceConfig
+from ..errors import StageError, TransportError
+from ..media.decode import FrameReader, open_source
+from ..transport import PeerGone, router, send, send_msg
 from ..wire import pack
+from .base import Stage
 
 log = logging.getLogger("vidseg.source")
 
@@ -138,68 +139,54 @@ class SourceResult:
     malformed: int
 
 
-class SourceStage:
-    """Decode ``sources`` and serve them on ``endpoint`` until the sink has written every frame."""
+class SourceStage(Stage):
+    """Decode the configured sources and serve them on ``endpoint`` until the sink has written every frame."""
 
-    def __init__(self, sources: str | list[str], *, endpoint: str, flow: FlowConfig = FlowConfig(), mode: str | None = None, fps: float | None = None,
-                 curve_secret: str | None = None, curve_clients: str | None = None):
-        if isinstance(sources, str):
-            sources = [sources]
+    role = "source"
+
+    def __init__(self, src: SourceConfig, *, endpoint: str, flow: FlowConfig = FlowConfig(), curve: CurveConfig = CurveConfig()):
         self.streams: list[_Stream] = []
-        try:
-            for i, uri in enumerate(sources):
-                reader = open_source(uri, fps=fps)  # bad input fails before any socket exists
-                self.streams.append(_Stream(i, uri, reader, mode or ("live" if reader.live else "lossless")))
-        except BaseException:
-            self.close()
-            raise
-        self.flow = flow
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # The windows bound what is queued; HWMs must not silently drop under them.
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
         self._auth = None
         try:
-            if curve_secret:  # must be set before bind
-                self._auth = curve_server(self.sock, curve_secret, curve_clients)
-            self.endpoint = bind(self.sock, endpoint)
+            for i, uri in enumerate(src.sources):
+                reader = open_source(uri, fps=src.fps)  # bad input fails before any socket exists
+                self.streams.append(_Stream(i, uri, reader, src.mode or ("live" if reader.live else "lossless")))
+            sock, self.endpoint, self._auth = router(endpoint, linger=2000, curve=curve)
         except BaseException:
-            self.close()
+            self._close_streams()
             raise
+        super().__init__(sock, flow, routed=True)
         self.workers: dict[bytes, _Worker] = {}
         self.sink: bytes | None = None
         self.sink_seen = 0.0
-        self.malformed = 0
         self.redispatched = 0
-        self.draining = False
         self._redo: collections.deque[tuple[int, int]] = collections.deque()
 
-    def close(self) -> None:
+    def _close_streams(self) -> None:
         for s in self.streams:
             if s.grabber:
                 s.grabber.stop = True
             s.reader.close()
-        if hasattr(self, "sock"):
-            self.sock.close()
-        if getattr(self, "_auth", None) is not None:
+
+    def close(self) -> None:
+        self._close_streams()
+        super().close()
+        if self._auth is not None:
             self._auth.stop()
 
     def drain(self) -> None:
         """Stop reading new frames; finish those in flight and close every output validly."""
-        self.draining = True
+        super().drain()
         for s in self.streams:
             s.eof = True
             if s.grabber:
                 s.grabber.stop = True
 
-    def install_signal_handlers(self) -> None:
-        """First SIGINT/SIGTERM drains, a second aborts at once."""
-        install_drain_handlers(log, "source", self.drain)
-
     # -- messages ---------------------------------------------------------
+    def _handle_hello(self, ident: bytes, msg, now: float) -> None:
+        if msg.kind == "hello":
+            self._handle(ident, msg, now)
+
     def _handle(self, ident: bytes, msg, now: float) -> None:
         kind = msg.kind
         if kind == "hello":
@@ -326,12 +313,10 @@ class SourceStage:
     # -- main loop --------------------------------------------------------
     def run(self) -> SourceResult:
         flow = self.flow
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
         for st in self.streams:
             log.info("stream %d: %s (%s mode)", st.id, st.uri, st.mode)
         log.info("serving on %s", self.endpoint)
-        self._wait_for_peers(poller)
+        self._wait_for_peers()
         card = next(iter(self.workers.values())).card
         for st in self.streams:
             r = st.reader
@@ -348,7 +333,6 @@ class SourceStage:
             else:
                 st.frames = iter(r)
 
-        last_hb = 0.0
         no_worker_since: float | None = None
         try:
             while True:
@@ -364,20 +348,12 @@ class SourceStage:
                 if all(st.finished for st in self.streams):
                     break
                 live_waiting = any(st.grabber is not None and not st.eof for st in self.streams)
-                timeout = 5 if live_waiting else int(flow.heartbeat * 1000)
-                if poller.poll(timeout):
-                    while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        try:
-                            ident, msg = recv(self.sock, routed=True)
-                            self._handle(ident, msg, time.monotonic())
-                        except (WireError, TypeError, ValueError, KeyError) as e:
-                            self._malformed(e)
+                if self.wait(0.005 if live_waiting else flow.heartbeat):
+                    self.receive(self._handle)
                 now = time.monotonic()
-                if now - last_hb >= flow.heartbeat:
-                    last_hb = now
+                if self.heartbeat_due(now):
                     self._heartbeat()
-                if now - self.sink_seen > flow.peer_timeout:
-                    raise TransportError(f"the sink stopped responding for {flow.peer_timeout:.0f} s; check the sink process")
+                self.check_peer(self.sink_seen, now, flow.peer_timeout, "the sink")
                 for w in list(self.workers.values()):
                     if now - w.last_seen > flow.worker_timeout:
                         self._lose_worker(w, f"missed heartbeats for {flow.worker_timeout:g} s")
@@ -412,11 +388,6 @@ class SourceStage:
             {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed,
         )
 
-    def _malformed(self, e: Exception) -> None:
-        # Bad field types surface as TypeError/ValueError/KeyError: as malformed as a bad header.
-        self.malformed += 1
-        log.warning("dropped a malformed message (%s: %s); %d so far", type(e).__name__, e, self.malformed)
-
     def _heartbeat(self) -> None:
         for ident in list(self.workers) + ([self.sink] if self.sink else []):
             try:
@@ -424,7 +395,7 @@ class SourceStage:
             except TransportError:  # unroutable: that peer is gone, the timeouts will tell
                 pass
 
-    def _wait_for_peers(self, poller: zmq.Poller) -> None:
+    def _wait_for_peers(self) -> None:
         deadline = time.monotonic() + self.flow.connect_timeout
         while self.sink is None or not self.workers:
             left = deadline - time.monotonic()
@@ -436,10 +407,5 @@ class SourceStage:
                 )
             if self.draining:
                 raise KeyboardInterrupt
-            if poller.poll(int(min(left, 1.0) * 1000)):
-                try:
-                    ident, msg = recv(self.sock, routed=True)
-                    if msg.kind == "hello":
-                        self._handle(ident, msg, time.monotonic())
-                except (WireError, TypeError, ValueError, KeyError) as e:
-                    self._malformed(e)
+            if self.wait(min(left, 1.0)):
+                self.receive(self._handle_hello, budget=1)

@@ -7,7 +7,6 @@ during a slow forward pass.
 """
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -16,13 +15,12 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..config import FlowConfig
+from ..config import BatchConfig, CurveConfig, FlowConfig
 from ..errors import TransportError, WireError
-from ..transport import dealer, install_drain_handlers, recv, send, send_msg
+from ..predictor import Segmenter
+from ..transport import dealer, send, send_msg
 from ..wire import pack
-from .infer import Segmenter
-
-log = logging.getLogger("vidseg.worker")
+from .base import Stage
 
 
 @dataclass
@@ -31,19 +29,20 @@ class WorkerResult:
     malformed: int
 
 
-class WorkerStage:
+class WorkerStage(Stage):
     """Serve the source at ``endpoint`` with ``segmenter`` until told to stop."""
 
+    role = "worker"
+
     def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
-                 batch: int = 1, max_wait: float = 0.005, curve_secret: str | None = None, curve_server_key: str | None = None):
+                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig()):
+        super().__init__(dealer(endpoint, linger=1000, curve=curve), flow, routed=False)
         self.seg = segmenter
-        self.batch = max(1, batch)
-        self.max_wait = max_wait
-        self.flow = flow
+        self.batch = max(1, batch.batch)
+        self.max_wait = batch.max_wait
         self.persist = persist
         self.ctx = zmq.Context.instance()
         self.endpoint = endpoint
-        self.sock = dealer(endpoint, linger=1000, curve_secret=curve_secret, curve_server_key=curve_server_key)
         self._in: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
         # The inference thread wakes the poller through an inproc pair instead of a busy poll.
@@ -51,8 +50,8 @@ class WorkerStage:
         self._wake = self.ctx.socket(zmq.PAIR)
         self._wake.bind(self._wake_addr)
         self._error: BaseException | None = None
-        self.malformed = 0
         self.frames = 0
+        self._stop = False
 
     def _infer_loop(self) -> None:
         ping = self.ctx.socket(zmq.PAIR)
@@ -101,12 +100,9 @@ class WorkerStage:
         self._hello()
         t = threading.Thread(target=self._infer_loop, name="vidseg-infer", daemon=True)
         t.start()
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
-        last_heard = time.monotonic()
-        last_hb = 0.0
-        heard_any = False
+        self.poller.register(self._wake, zmq.POLLIN)
+        self._last_heard = time.monotonic()
+        self._heard_any = False
         try:
             while True:
                 # Ship finished masks first: they return credits to the source.
@@ -120,41 +116,25 @@ class WorkerStage:
                     msg, mask = done
                     send(self.sock, pack("mask", mask, stream=msg["stream"], seq=msg["seq"]))
                     self.frames += 1
-                events = dict(poller.poll(int(flow.heartbeat * 1000 / 2)))
+                events = dict(self.poller.poll(int(flow.heartbeat * 1000 / 2)))
                 now = time.monotonic()
                 if self._wake in events:
                     while self._wake.poll(0):
                         self._wake.recv()
                 if self.sock in events:
-                    while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        try:
-                            _, msg = recv(self.sock)
-                            if msg.kind == "frame" and (msg.array.ndim != 3 or msg.array.shape[2] != 3 or msg.array.dtype != "uint8" or 0 in msg.array.shape):
-                                raise WireError(f"a frame must be HxWx3 uint8, got {msg.array.shape} {msg.array.dtype}")
-                        except WireError as e:
-                            self.malformed += 1
-                            log.warning("dropped a malformed message (%s); %d so far", e, self.malformed)
-                            continue
-                        last_heard, heard_any = now, True
-                        if msg.kind == "frame":
-                            self._in.put(msg)
-                        elif msg.kind == "stop":
-                            if not self.persist:
-                                return WorkerResult(self.frames, self.malformed)
-                            self._hello()
-                        elif msg.kind == "hb" and msg.header.get("rehello"):
-                            self._hello()
-                if now - last_hb >= flow.heartbeat:
-                    last_hb = now
+                    self.receive(self._handle)
+                if self._stop:
+                    return WorkerResult(self.frames, self.malformed)
+                if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
-                silent = now - last_heard
-                limit = flow.peer_timeout if heard_any else flow.connect_timeout
+                silent = now - self._last_heard
+                limit = flow.peer_timeout if self._heard_any else flow.connect_timeout
                 if silent > limit:
-                    if heard_any and self.persist:
-                        last_heard = now
+                    if self._heard_any and self.persist:
+                        self._last_heard = now
                         self._hello()
                         continue
-                    what = "stopped responding" if heard_any else "did not answer"
+                    what = "stopped responding" if self._heard_any else "did not answer"
                     raise TransportError(f"the source at {self.endpoint} {what} for {limit:.0f} s; check the source process")
         finally:
             # Stop and join the inference thread before the context goes: a socket left open in
@@ -162,10 +142,20 @@ class WorkerStage:
             self._in.put(None)
             t.join(timeout=10)
 
-    def install_signal_handlers(self) -> None:
-        """First SIGINT/SIGTERM: finish until the source says stop; a second aborts."""
-        install_drain_handlers(log, "worker")
+    def _handle(self, _ident, msg, now: float) -> None:
+        if msg.kind == "frame" and (msg.array.ndim != 3 or msg.array.shape[2] != 3 or msg.array.dtype != "uint8" or 0 in msg.array.shape):
+            raise WireError(f"a frame must be HxWx3 uint8, got {msg.array.shape} {msg.array.dtype}")
+        self._last_heard, self._heard_any = now, True
+        if msg.kind == "frame":
+            self._in.put(msg)
+        elif msg.kind == "stop":
+            if not self.persist:
+                self._stop = True
+                return
+            self._hello()
+        elif msg.kind == "hb" and msg.header.get("rehello"):
+            self._hello()
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         self._wake.close(linger=0)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
+from ..registry import CNN_BACKBONES
 from .mobilenetv2 import MobileNetV2
 from .resnet import RESNET_STEMS, DilatedResNet
 from .xception import AlignedXception
@@ -23,7 +24,7 @@ from .xception_legacy import LegacyXception
 __all__ = ["BACKBONES", "RESNET_STEMS", "AlignedXception", "DilatedResNet", "LegacyXception", "MobileNetV2",
            "build_backbone"]
 
-BACKBONES = ("mobilenetv2", "resnet50", "resnet101", "xception", "xception-legacy")
+BACKBONES = CNN_BACKBONES
 
 
 def build_backbone(name: str, *, output_stride: int, width_mult: float = 1.0, stem: str | None = None,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vidseg.nets import build_model
-from vidseg.stages.infer import Segmenter, inference_size
+from vidseg.predictor import Segmenter, inference_size
 from vidseg.zoo import ModelCard
 
 

@@ -1,15 +1,14 @@
-"""Reading sources and writing browser-playable H.264 MP4 with the audio kept.
+"""Decoding a source: video files, cameras, network streams, image folders.
 
-Decoding uses PyAV for files (exact timestamps, frame counts, truncation
-detection) and OpenCV for cameras. Encoding uses PyAV's libx264: OpenCV wheels
-cannot write H.264.
+Files and streams are decoded with PyAV (exact timestamps, frame counts,
+truncation detection, timeouts), cameras with OpenCV. Every reader iterates
+``(bgr_frame, pts_seconds)`` and knows its size, rate and expected count.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError, short_reason
 
-log = logging.getLogger("vidseg.media")
+log = logging.getLogger("vidseg.decode")
 
 _CAM = re.compile(r"^cam(\d+)$")
 
@@ -77,7 +76,7 @@ class FileReader(FrameReader):
             self._c = av.open(str(p), "r")
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
             raise InputError(
-                f"{path} is not a video FFmpeg can read ({_short(e)}); give an MP4/MKV/AVI/MOV file"
+                f"{path} is not a video FFmpeg can read ({short_reason(e)}); give an MP4/MKV/AVI/MOV file"
             ) from None
         if not self._c.streams.video:
             self._c.close()
@@ -113,7 +112,7 @@ class FileReader(FrameReader):
                 yield frame
         except (av.error.FFmpegError, EOFError) as e:
             # A damaged tail: keep what decoded, report the rest as lost.
-            self.decode_error = _short(e)
+            self.decode_error = short_reason(e)
             log.info("decoding %s stopped early: %s", self.path, self.decode_error)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
@@ -239,7 +238,7 @@ class StreamReader(FrameReader):
             self._c, self._v = self._open()
             self._first = next(self._c.decode(self._v))
         except Exception as e:  # noqa: BLE001 - any failure to open is the same user error
-            raise InputError(f"stream {url} could not be opened ({_short(e)}); check the URL and that the server is up") from None
+            raise InputError(f"stream {url} could not be opened ({short_reason(e)}); check the URL and that the server is up") from None
         self.width, self.height = self._first.width, self._first.height
         rate = self._v.average_rate or self._v.guessed_rate
         self.fps = Fraction(rate).limit_denominator(1001) if rate and 1 <= float(rate) <= 240 else Fraction(25)
@@ -271,7 +270,7 @@ class StreamReader(FrameReader):
                     yield img, time.monotonic() - t0
                 why = "ended"
             except Exception as e:  # noqa: BLE001 - network errors come in many types
-                why = _short(e)
+                why = short_reason(e)
             first = None
             self._close()
             if not self._reconnect(why):
@@ -285,7 +284,7 @@ class StreamReader(FrameReader):
             try:
                 self._c, self._v = self._open()
             except Exception as e:  # noqa: BLE001
-                log.warning("stream %s: reconnect failed (%s); next try in %.1f s", self.url, _short(e), min(delay * 2, 8.0))
+                log.warning("stream %s: reconnect failed (%s); next try in %.1f s", self.url, short_reason(e), min(delay * 2, 8.0))
                 delay = min(delay * 2, 8.0)
                 continue
             self.reconnects += 1
@@ -320,165 +319,8 @@ def open_source(uri: str, *, fps: float | None = None) -> FrameReader:
     return FileReader(uri)
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _chain(first, rest):
+    """``first`` (unless None), then everything in ``rest``."""
     if first is not None:
         yield first
     yield from rest
-
-
-def _short(e: BaseException) -> str:
-    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return s[:200]
-
-
-def check_output_path(path: str) -> Path:
-    """Fail early, with the fix, when ``path`` cannot be written."""
-    p = Path(path)
-    if p.suffix.lower() not in (".mp4", ".mov", ".m4v"):
-        raise InputError(f"output {path} must end in .mp4 (H.264 MP4 is what vidseg writes)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output directory {parent} does not exist; create it first")
-    if p.is_dir():
-        raise InputError(f"output {path} is a directory; give a file name ending in .mp4")
-    try:  # a real write probe: permission bits lie for root and read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError:
-        raise InputError(f"output directory {parent} is not writable; choose another --output") from None
-    return p
-
-
-class VideoWriter:
-    """H.264 yuv420p MP4 (moov first), written under a temporary name.
-
-    ``close()`` finalises and renames to the target path; ``abort()`` removes
-    the partial file. Audio packets from ``audio_from`` are copied without
-    re-encoding, interleaved with the video as it is written so the muxer never
-    buffers the whole stream.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        width: int,
-        height: int,
-        fps: Fraction,
-        audio_from: str | None = None,
-        crf: int = 20,
-        preset: str = "veryfast",
-    ):
-        import av
-
-        self.path = check_output_path(path)
-        # yuv420p needs even sizes: drop the last odd row/column rather than rescale.
-        self.width, self.height = width - width % 2, height - height % 2
-        if (self.width, self.height) != (width, height):
-            log.warning("output is %dx%d: H.264 4:2:0 needs even sizes (input %dx%d)", self.width, self.height, width, height)
-        if self.width < 2 or self.height < 2:
-            raise InputError(f"frames of {width}x{height} are too small to encode")
-        self.fps = Fraction(fps)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent or ".")
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._c = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
-        self._v = self._c.add_stream("libx264", rate=self.fps)
-        self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
-        self._v.options = {"crf": str(crf), "preset": preset}
-        self.frames = 0
-        self._audio_in = None
-        self._audio_iter = None
-        self._audio_pending = None
-        if audio_from:
-            self._open_audio(audio_from)
-
-    def _open_audio(self, path: str) -> None:
-        import av
-
-        try:
-            src = av.open(path, "r")
-        except (av.error.FFmpegError, OSError) as e:
-            log.warning("audio not copied: cannot open %s (%s)", path, _short(e))
-            return
-        if not src.streams.audio:
-            src.close()
-            return
-        ia = src.streams.audio[0]
-        try:
-            self._a = self._c.add_stream_from_template(ia)
-        except (ValueError, av.error.FFmpegError) as e:  # codec MP4 cannot hold
-            log.warning("audio not copied: %s in MP4 is not supported (%s)", ia.codec_context.name, _short(e))
-            src.close()
-            return
-        self._audio_in, self._audio_tb = src, ia.time_base
-        self._audio_iter = src.demux(ia)
-
-    def _mux_audio_until(self, t: float | None) -> None:
-        """Copy audio packets with pts up to ``t`` seconds (all when None)."""
-        import av
-
-        if self._audio_iter is None:
-            return
-        while True:
-            pkt = self._audio_pending
-            self._audio_pending = None
-            if pkt is None:
-                try:
-                    pkt = next(self._audio_iter)
-                except (StopIteration, av.error.FFmpegError):
-                    self._audio_iter = None
-                    return
-            if pkt.dts is None:
-                continue
-            if t is not None and pkt.pts is not None and float(pkt.pts * self._audio_tb) > t:
-                self._audio_pending = pkt
-                return
-            pkt.stream = self._a
-            self._c.mux(pkt)
-
-    def write(self, frame: np.ndarray) -> None:
-        """Encode one BGR frame; frames are timed by index at the source rate."""
-        import av
-
-        if frame.shape[0] != self.height or frame.shape[1] != self.width:
-            frame = frame[: self.height, : self.width]
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
-        vf.pts = self.frames
-        for pkt in self._v.encode(vf):
-            self._c.mux(pkt)
-        self.frames += 1
-        self._mux_audio_until(self.frames / float(self.fps))
-
-    def close(self) -> Path:
-        """Flush, finalise and rename; returns the final path."""
-        try:
-            for pkt in self._v.encode(None):
-                self._c.mux(pkt)
-            self._mux_audio_until(None)
-            self._c.close()
-            if self._audio_in is not None:
-                self._audio_in.close()
-            os.chmod(self._tmp, 0o666 & ~current_umask())  # mkstemp made it private
-        except BaseException:
-            self.abort()  # never leave a half-written partial file behind
-            raise
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        try:
-            self._c.close()
-        except Exception:  # noqa: BLE001 - the file is being thrown away anyway
-            pass
-        if self._audio_in is not None:
-            self._audio_in.close()
-        self._tmp.unlink(missing_ok=True)

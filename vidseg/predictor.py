@@ -1,150 +1,20 @@
-"""Model resolution and the per-frame inference engine used by workers."""
-from __future__ import annotations
+"""The per-frame inference engine: frames in (BGR uint8), class-id masks out.
 
-import logging
-from dataclasses import replace
-from pathlib import Path
+Knows nothing of sockets or stages: a worker feeds it batches. Settings reach
+it already resolved (a card, a device, a precision).
+"""
+from __future__ import annotations
 
 import numpy as np
 
-from ..config import PRECISIONS, ModelConfig
-from ..errors import InputError
-from ..zoo import (
-    ModelCard,
-    default_card,
-    load_state_strict,
-    read_checkpoint,
-    sha256_file,
-    unwrap_state_dict,
-    zoo_cards,
-)
-
-log = logging.getLogger("vidseg.infer")
-DEFAULT_MODEL = "deeplabv3plus"
+from .config import PRECISIONS
+from .errors import InputError
+from .zoo import ModelCard
 
 
-def _registry_names() -> list[str]:
-    from ..nets import list_models
-
-    return [s.name for s in list_models()]
-
-
-def resolve_card(cfg: ModelConfig) -> tuple[ModelCard, dict | None]:
-    """Decide what to build from flags, a checkpoint's card or a zoo card.
-
-    Returns the card and the state dict to load (None: random initialisation).
-    A flag that contradicts the checkpoint's card is an error.
-    """
-    from ..nets import get_spec
-
-    if cfg.weights:
-        obj = read_checkpoint(cfg.weights)
-        if isinstance(obj, dict) and obj.get("vidseg_checkpoint"):
-            try:
-                card = ModelCard.from_dict(obj["card"])
-            except (TypeError, ValueError) as e:
-                raise InputError(f"{cfg.weights} has a damaged model card ({e}); export the checkpoint again") from None
-            _check_agrees(cfg, card)
-            return card, unwrap_state_dict(obj["state_dict"])
-        converted = _convert_public(obj, cfg)
-        if converted is not None:
-            card, state = converted
-            _check_agrees(cfg, card)
-            return card, state
-        state = unwrap_state_dict(obj)
-        name = cfg.model or DEFAULT_MODEL
-        spec = _spec_or_error(name)
-        card = default_card(name, cfg.backbone or spec.default_backbone, cfg.num_classes or 19, **_arch(cfg))
-        return replace(card, name=Path(cfg.weights).stem, description=f"weights from {cfg.weights}"), state
-    name = cfg.model or DEFAULT_MODEL
-    zoo = zoo_cards()
-    if name in zoo:
-        card, folder = zoo[name]
-        _check_agrees(cfg, card)
-        return card, _zoo_weights(card, folder)
-    spec = _spec_or_error(name)
-    backbone = cfg.backbone or spec.default_backbone
-    if backbone not in spec.backbones:
-        raise InputError(f"unknown backbone {backbone!r} for {name}; choose one of: {', '.join(spec.backbones)}")
-    get_spec(name)
-    return default_card(name, backbone, cfg.num_classes or 19, **_arch(cfg)), None
-
-
-def _arch(cfg: ModelConfig) -> dict:
-    arch = dict(cfg.arch)
-    if cfg.width_mult:
-        arch["width_mult"] = cfg.width_mult
-    return arch
-
-
-def _spec_or_error(name: str):
-    from ..nets import get_spec
-
-    try:
-        return get_spec(name)
-    except ValueError:
-        choices = sorted(set(_registry_names()) | set(zoo_cards()))
-        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(choices)}") from None
-
-
-def _check_agrees(cfg: ModelConfig, card: ModelCard) -> None:
-    clashes = []
-    if cfg.model and cfg.model not in (card.architecture, card.name):
-        clashes.append(f"--model {cfg.model} (card: {card.architecture})")
-    if cfg.backbone and cfg.backbone != card.backbone:
-        clashes.append(f"--backbone {cfg.backbone} (card: {card.backbone})")
-    if cfg.num_classes and cfg.num_classes != card.num_classes:
-        clashes.append(f"--num-classes {cfg.num_classes} (card: {card.num_classes})")
-    if clashes:
-        raise InputError(
-            f"flags contradict the weights' model card: {', '.join(clashes)}; drop those flags, the card decides"
-        )
-
-
-def _zoo_weights(card: ModelCard, folder: Path) -> dict | None:
-    if not card.weights:
-        return None
-    path = folder / card.weights
-    if not path.is_file():
-        raise InputError(f"zoo weights {path} are missing; reinstall vidseg")
-    if card.sha256 and sha256_file(path) != card.sha256:
-        raise InputError(f"zoo weights {path} do not match their sha256; the file is damaged, reinstall vidseg")
-    obj = read_checkpoint(path)
-    return unwrap_state_dict(obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj)
-
-
-def _convert_public(obj, cfg: ModelConfig):
-    """Hook for public checkpoint formats (see vidseg.weights); None when not recognised."""
-    try:
-        from ..weights import detect_and_convert  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return detect_and_convert(obj, cfg)
-
-
-def build_from_card(card: ModelCard, state: dict | None):
-    """Build the card's network and load ``state`` strictly."""
-    from ..nets import build_model
-
-    try:
-        model = build_model(
-            card.architecture,
-            backbone=card.backbone,
-            num_classes=card.num_classes,
-            align_corners=card.align_corners,
-            **card.arch,
-        )
-    except (ValueError, TypeError) as e:  # TypeError: an --arch key or value the builder does not take
-        raise InputError(f"cannot build {card.architecture}/{card.backbone} with {card.arch}: {e}") from None
-    if state is not None:
-        load_state_strict(model, state, what=f"{card.architecture}/{card.backbone} with {card.num_classes} classes")
-    return model.eval()
-
-
-def load_model(cfg: ModelConfig):
-    """Resolve and build the model for ``cfg``; returns ``(model, card)``."""
-    card, state = resolve_card(cfg)
-    return build_from_card(card, state), card
+def default_precision(device_type: str) -> str:
+    """fp16 on CUDA (tensor cores), fp32 elsewhere: the one place this default lives."""
+    return "fp16" if device_type == "cuda" else "fp32"
 
 
 def resolve_device(device: str, precision: str | None):
@@ -164,7 +34,7 @@ def resolve_device(device: str, precision: str | None):
             raise InputError(f"{device} does not exist: {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
     elif dev.type != "cpu":
         raise InputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
+    precision = precision or default_precision(dev.type)
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and dev.type == "cpu":
@@ -197,11 +67,8 @@ class Segmenter:
         self.input_size = int(input_size or card.input_size)
         if self.input_size < 8:
             raise InputError(f"--input-size {self.input_size} is too small; use at least 8")
-        pp = card.preprocess
-        self._rgb = pp.channel_order == "RGB"
-        std = np.asarray(pp.std, np.float32)
-        self._a = (pp.scale / std).astype(np.float32)  # x * a + b == (x * scale - mean) / std
-        self._b = (-np.asarray(pp.mean, np.float32) / std).astype(np.float32)
+        self._rgb = card.preprocess.channel_order == "RGB"
+        self._a, self._b = card.preprocess.affine()
         self.model = model.to(self.device).eval()
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)

@@ -1,0 +1,116 @@
+"""Starting the stages of ``vidseg run`` as processes: their command lines, the private run folder.
+
+Each stage's flags are derived from the same frozen config dataclasses the
+stage rebuilds from its own options (:func:`to_args`), so no list of setting
+names is kept twice. :func:`vidseg.supervise.supervise` then watches them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
+from .supervise import Stage, supervise
+
+RUN_DIR_ENV = "VIDSEG_RUN_DIR"
+RUN_PID_ENV = "VIDSEG_RUN_PID"
+MODEL_FILE = "model.pt"  # a public checkpoint, converted once for every worker (vidseg.zoo.freeze_for_workers)
+
+
+def to_args(cfg: Any) -> list[str]:
+    """A config dataclass as command-line flags: ``--field-name value`` for every field that is set.
+
+    None is left out (the stage's default applies, which is the same
+    dataclass default); tuples repeat their flag; booleans become
+    ``--x``/``--no-x``; ``arch`` pairs become ``KEY=VALUE`` with Python literals.
+    """
+    args: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif f.name == "arch":
+            args += [a for k, v in value for a in ("--arch", f"{k}={v!r}")]
+        elif isinstance(value, tuple):
+            args += [a for item in value for a in (flag, str(item))]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything ``vidseg run`` starts: one source, one sink, ``workers`` workers."""
+
+    source: SourceConfig
+    model: ModelConfig
+    batch: BatchConfig
+    output: OutputConfig
+    flow: FlowConfig
+    workers: int = 1
+    devices: tuple[str, ...] = ("auto",)
+    verbose: int = 0
+    quiet: bool = False
+
+
+@contextlib.contextmanager
+def run_dir() -> Iterator[str]:
+    """A private (0700) folder for the run's ipc sockets and converted model; removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="vidseg-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
+    """The command line of every stage of ``plan``, all joined at ``endpoint``."""
+    base = [sys.executable, "-m", "vidseg"]
+    logv = ["-v"] * plan.verbose + (["-q"] if plan.quiet else [])
+    flow = to_args(plan.flow)
+    stages = [
+        Stage("source", base + ["source", *to_args(plan.source), "--bind", endpoint, *flow, *logv]),
+        Stage("sink", base + ["sink", "--connect", endpoint, *to_args(plan.output), *flow, *logv]),
+    ]
+    threads = max(1, (os.cpu_count() or 1) // plan.workers)
+    for i in range(plan.workers):
+        device = plan.devices[i % len(plan.devices)]  # round-robin: several workers per device allowed
+        model = dataclasses.replace(plan.model, device=device)
+        cpu = ["--threads", str(threads)] if device in ("cpu", "auto") else []
+        stages.append(Stage("worker", base + ["worker", "--connect", endpoint, *to_args(model), *to_args(plan.batch),
+                                              *cpu, *flow, *logv]))
+    return stages
+
+
+def launch(plan: RunPlan, folder: str) -> None:
+    """Run ``plan``'s stages on a private ipc endpoint in ``folder`` and supervise them to the end."""
+    supervise(stage_commands(plan, f"ipc://{folder}/dispatch"), env={RUN_DIR_ENV: folder, RUN_PID_ENV: str(os.getpid())})
+
+
+def remove_run_dir(endpoint: str) -> None:
+    """Remove ``run``'s private socket folder once the source has closed its endpoint.
+
+    ``run`` removes it, but a ``run`` killed with -9 cannot; its stages still
+    exit (PDEATHSIG), and the source, the one that bound the socket, is the
+    last user. Only when ``run`` is gone, only the folder it named in
+    VIDSEG_RUN_DIR, and only once nothing but its own files were in it.
+    """
+    folder = os.environ.get(RUN_DIR_ENV)
+    if not folder or not endpoint.startswith(f"ipc://{folder}/"):
+        return
+    if str(os.getppid()) == os.environ.get(RUN_PID_ENV):
+        return  # run is alive: it removes the folder itself (and may start more stages in it)
+    for leftover in (endpoint[len("ipc://"):], os.path.join(folder, MODEL_FILE)):
+        with contextlib.suppress(OSError):
+            os.unlink(leftover)  # libzmq may leave the socket file behind after close
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # not empty or already gone: run's own clean-up handles it

@@ -1,0 +1,114 @@
+"""What every stage shares: its socket, the receive loop, heartbeats, peer deadlines,
+rejection of malformed messages (counted, logged at a rate limit) and drain signals."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import zmq
+
+from ..config import FlowConfig
+from ..errors import TransportError, WireError
+from ..transport import install_drain_handlers, recv
+from ..wire import Message
+
+#: Messages handled per loop pass at most: a flood cannot starve heartbeats or dispatch.
+RECEIVE_BUDGET = 256
+#: Seconds between summary lines about rejected messages (0: one line per message).
+REJECT_LOG_INTERVAL = 0.0
+
+
+class Stage:
+    """Base of source, worker and sink: owns ``sock`` (a ROUTER for the source, else a DEALER)."""
+
+    role = "stage"
+
+    def __init__(self, sock: zmq.Socket, flow: FlowConfig, *, routed: bool):
+        self.sock = sock
+        self.flow = flow
+        self.routed = routed
+        self.log = logging.getLogger(f"vidseg.{self.role}")
+        self.poller = zmq.Poller()
+        self.poller.register(sock, zmq.POLLIN)
+        self.malformed = 0
+        self.draining = False
+        self._last_hb = 0.0
+        self._last_reject_log = -REJECT_LOG_INTERVAL
+        self._unlogged = 0
+
+    # -- receiving ----------------------------------------------------------
+    def receive(self, handle: Callable[[bytes | None, Message, float], None], *, budget: int = RECEIVE_BUDGET) -> int:
+        """Handle up to ``budget`` waiting messages; returns how many were taken.
+
+        A message that cannot be decoded, or whose fields are of the wrong type
+        when handled, is rejected and counted; the stage keeps running.
+        """
+        n = 0
+        while n < budget and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            n += 1
+            try:
+                ident, msg = recv(self.sock, routed=self.routed)
+                handle(ident, msg, time.monotonic())
+            except (WireError, TypeError, ValueError, KeyError) as e:
+                self.reject(e)
+        return n
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` for a message; True when one is waiting."""
+        return bool(self.poller.poll(max(0, int(timeout_s * 1000))))
+
+    def reject(self, e: Exception) -> None:
+        """Count a malformed message; log the first, then one summary line per interval."""
+        self.malformed += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= REJECT_LOG_INTERVAL:
+            more = f" (+{self._unlogged - 1} more since the last report)" if self._unlogged > 1 else ""
+            self.log.warning("dropped a malformed message (%s: %s)%s; %d so far", type(e).__name__, e, more, self.malformed)
+            self._last_reject_log, self._unlogged = now, 0
+
+    # -- liveness -------------------------------------------------------------
+    def heartbeat_due(self, now: float) -> bool:
+        """True once per ``flow.heartbeat`` seconds."""
+        if now - self._last_hb >= self.flow.heartbeat:
+            self._last_hb = now
+            return True
+        return False
+
+    @staticmethod
+    def check_peer(last_seen: float, now: float, limit: float, what: str) -> None:
+        """Raise TransportError naming ``what`` when a peer has been silent longer than ``limit``."""
+        if now - last_seen > limit:
+            raise TransportError(f"{what} stopped responding for {limit:.0f} s; check that process")
+
+    # -- signals and clean-up ----------------------------------------------
+    def drain(self) -> None:
+        """First SIGINT/SIGTERM: finish what is in flight (each stage says what that means)."""
+        self.draining = True
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM drains, a second aborts at once (KeyboardInterrupt)."""
+        install_drain_handlers(self.log, self.role, self.drain)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory, MiB.
+
+    /proc's VmHWM is the high-water mark of this address space. getrusage's
+    ru_maxrss survives execve on Linux, so a stage started by `vidseg run`
+    would report the larger of its own peak and its parent's.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; elsewhere an estimate
