@@ -34,9 +34,10 @@ def parse_arch(items: Any) -> tuple[tuple[str, Any], ...]:
         if not sep or not key.isidentifier():
             raise InputError(f"--arch {item!r} is not KEY=VALUE; e.g. --arch output_stride=8")
         try:
-            out.append((key, ast.literal_eval(value)))
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out.append((key, value))
+            parsed = value
+        out.append((key, tuple(parsed) if isinstance(parsed, list) else parsed))
     return tuple(out)
 
 

@@ -25,9 +25,6 @@ Public API::
     CLASS_NAMES, NUM_CLASSES, PALETTE, SceneConfig, SceneFrame, Scene,
     generate_scene(cfg) -> Iterator[(frame_bgr, mask)]
     write_scene(cfg, video_path, masks_dir, *, audio=False) -> dict
-    SceneDataset(seeds, cfg)          # map-style: len() and [i] -> (frame, mask)
-    sample_training_batch(rng, batch, height, width) -> (frames, masks)
-    colorize_mask(mask) -> BGR image
 
 Neither torch nor PyAV is imported at module import time (PyAV is imported
 inside :func:`write_scene`; torch not at all).
@@ -39,9 +36,9 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -54,9 +51,6 @@ __all__ = [
     "Scene",
     "generate_scene",
     "write_scene",
-    "SceneDataset",
-    "sample_training_batch",
-    "colorize_mask",
     "NUM_CLASSES",
 ]
 
@@ -658,92 +652,6 @@ def generate_scene(cfg: SceneConfig = SceneConfig()) -> Iterator[tuple[np.ndarra
     for t in range(cfg.num_frames):
         sf = scene.render(t)
         yield sf.frame, sf.mask
-
-
-def colorize_mask(mask: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 **BGR** image using :data:`PALETTE`.
-
-    Ids outside the palette are shown white.
-    """
-    lut = np.full((256, 3), 255, np.uint8)
-    lut[: len(PALETTE)] = PALETTE[:, ::-1]
-    return lut[np.asarray(mask, np.uint8)]
-
-
-class SceneDataset:
-    """Map-style dataset of (frame, mask) pairs over the scenes of ``seeds``.
-
-    Item ``i`` is frame ``(i % frames) * stride`` of the scene with seed
-    ``seeds[i // frames]`` where ``frames = ceil(cfg.num_frames / stride)``.
-    Returns numpy arrays: frame (H, W, 3) uint8 (BGR, or RGB with ``rgb=True``)
-    and mask (H, W) uint8.  No torch needed; it satisfies torch's Dataset
-    protocol (``__len__``/``__getitem__``) if a trainer wants a DataLoader.
-    The most recently used scene is cached, so sequential access is cheap.
-    """
-
-    def __init__(self, seeds: Iterable[int], cfg: SceneConfig = SceneConfig(), *, stride: int = 1, rgb: bool = False) -> None:
-        self.seeds = tuple(int(s) for s in seeds)
-        if stride < 1:
-            raise ValueError("stride must be >= 1")
-        self.cfg = cfg
-        self.stride = int(stride)
-        self.rgb = rgb
-        self.frames_per_scene = -(-cfg.num_frames // self.stride)
-        self._cache: tuple[int, Scene] | None = None
-
-    def __len__(self) -> int:
-        return len(self.seeds) * self.frames_per_scene
-
-    def scene(self, seed: int) -> Scene:
-        if self._cache is None or self._cache[0] != seed:
-            self._cache = (seed, Scene(replace(self.cfg, seed=seed)))
-        return self._cache[1]
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for {n} items")
-        seed = self.seeds[i // self.frames_per_scene]
-        sf = self.scene(seed).render((i % self.frames_per_scene) * self.stride)
-        frame = sf.frame[..., ::-1].copy() if self.rgb else sf.frame
-        return frame, sf.mask
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for i in range(len(self)):
-            yield self[i]
-
-
-def sample_training_batch(
-    rng: np.random.Generator,
-    batch: int,
-    height: int = 240,
-    width: int = 320,
-    *,
-    cfg: SceneConfig | None = None,
-    frames_per_scene: int = 1,
-    rgb: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random batch: frames (B, H, W, 3) uint8 BGR (RGB if ``rgb``), masks (B, H, W) uint8.
-
-    Each group of ``frames_per_scene`` items comes from a fresh scene (seed and
-    frame index drawn from ``rng``) built from ``cfg`` (default
-    :class:`SceneConfig`) at ``height`` x ``width``.  Deterministic given the
-    state of ``rng``.
-    """
-    base = cfg if cfg is not None else SceneConfig()
-    frames = np.empty((batch, height, width, 3), np.uint8)
-    masks = np.empty((batch, height, width), np.uint8)
-    scene: Scene | None = None
-    for b in range(batch):
-        if b % max(1, frames_per_scene) == 0:
-            scene = Scene(replace(base, width=width, height=height, seed=int(rng.integers(0, 2**31 - 1))))
-        assert scene is not None
-        sf = scene.render(int(rng.integers(0, base.num_frames)))
-        frames[b] = sf.frame[..., ::-1] if rgb else sf.frame
-        masks[b] = sf.mask
-    return frames, masks
 
 
 # --------------------------------------------------------------------------- writing

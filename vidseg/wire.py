@@ -11,12 +11,10 @@ Kinds (sender → receiver):
   info    source → sink      {stream, width, height, fps:[num,den], frames, source, audio}
   frame   source → worker/sink {stream, seq, pts, shape, dtype} + pixels (BGR)
   mask    worker → source → sink {stream, seq, shape, dtype, worker} + class ids
-  done    worker → source    {stream, seq}: one credit back
   ack     sink → source      {stream, written}
   eos     source → sink      {stream, frames, lost, error}
   stop    source → worker    {}
   hb      any → any          {}
-  error   worker → source    {stream, seq, message}
 """
 from __future__ import annotations
 
@@ -40,12 +38,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "info": ("stream", "width", "height", "fps"),
     "frame": ("stream", "seq", "pts", "shape", "dtype"),
     "mask": ("stream", "seq", "shape", "dtype"),
-    "done": ("stream", "seq"),
     "ack": ("stream", "written"),
     "eos": ("stream", "frames"),
     "stop": (),
     "hb": (),
-    "error": ("message",),
 }
 _PIXEL_KINDS = {"frame", "mask"}
 _DTYPES = {"uint8", "uint16", "float32"}

@@ -231,8 +231,6 @@ class SourceStage(Stage):
                 _, _, t_read = st.inflight.pop(key[1])
                 # Relay the mask with the same buffer, no copy.
                 self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=ident.hex(), t_read=t_read))
-        elif kind == "error":
-            raise StageError(f"a worker failed: {msg['message']}")
 
     def _lost(self, st: _Stream) -> int:
         # Frames left unread by a drain were not lost to decoding: only a decode failure counts.

@@ -1,0 +1,64 @@
+"""vidseg run's stage command lines are derived from the config dataclasses, and parse back to the same settings."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vidseg.cli import cli
+from vidseg.cli.options import config_of
+from vidseg.config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
+from vidseg.launch import RunPlan, stage_commands, to_args
+
+PLAN = RunPlan(
+    source=SourceConfig(sources=("a.mp4", "b.mp4"), mode="live", fps=12.5),
+    model=ModelConfig(model="ccnet", backbone="resnet50", num_classes=7, input_size=96, device="cpu", precision="bf16",
+                      width_mult=0.25, arch=(("output_stride", 16), ("multi_grid", (1, 2, 4)), ("stem", "mmseg"))),
+    batch=BatchConfig(batch=3, max_wait=0.02),
+    output=OutputConfig(output=("o-{name}.mp4",), masks=("m-{stream}",), alpha=0.2, crf=30, preset="ultrafast", preview=False),
+    flow=FlowConfig(window=9, credits=5, heartbeat=0.25, worker_timeout=1.5, peer_timeout=7.0, connect_timeout=8.0,
+                    no_worker_grace=2.0),
+    workers=2,
+    devices=("cpu", "cpu"),
+)
+
+
+def _parsed(argv: list[str]) -> dict:
+    """Let Click parse a stage's command line (everything after ``python -m vidseg``) into its keyword arguments."""
+    name, *args = argv
+    cmd = cli.commands[name]
+    ctx = cmd.make_context(name, list(args))
+    return ctx.params
+
+
+@pytest.mark.parametrize("role, configs", [
+    ("source", (SourceConfig, FlowConfig)),
+    ("sink", (OutputConfig, FlowConfig)),
+    ("worker", (ModelConfig, BatchConfig, FlowConfig)),
+])
+def test_each_stage_rebuilds_the_same_settings_from_its_command_line(role, configs):
+    stages = [s for s in stage_commands(PLAN, "ipc:///tmp/x/d") if s.role == role]
+    assert stages and len(stages) == (2 if role == "worker" else 1)
+    for s in stages:
+        kw = _parsed(s.argv[s.argv.index("vidseg") + 1:])
+        want = {SourceConfig: PLAN.source, OutputConfig: PLAN.output, ModelConfig: PLAN.model,
+                BatchConfig: PLAN.batch, FlowConfig: PLAN.flow}
+        for cls in configs:
+            assert config_of(cls, kw) == want[cls], cls.__name__
+
+
+def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
+    """A field added to a config dataclass without its flag would be silently dropped on the way to a stage."""
+    takes = {"source": (SourceConfig, FlowConfig), "sink": (OutputConfig, FlowConfig),
+             "worker": (ModelConfig, BatchConfig, FlowConfig)}
+    for role, classes in takes.items():
+        names = {p.name for p in cli.commands[role].params}
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                assert f.name in names, f"vidseg {role} has no option for {cls.__name__}.{f.name}"
+
+
+def test_to_args_leaves_unset_fields_to_the_stage_default():
+    assert to_args(ModelConfig()) == ["--device", "auto"]
+    assert to_args(OutputConfig(output=("a.mp4", "b.mp4"), preview=True))[:4] == ["--output", "a.mp4", "--output", "b.mp4"]
+    assert "--preview" in to_args(OutputConfig(preview=True)) and "--no-preview" in to_args(OutputConfig())
