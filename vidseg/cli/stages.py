@@ -30,6 +30,15 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEMO = "demo"
 
 
+def serve(stage):
+    """Run a stage to its end with drain-on-signal handlers; always close its sockets."""
+    stage.install_signal_handlers()
+    try:
+        return stage.run()
+    finally:
+        stage.close()
+
+
 def resolve_source(source: str) -> str:
     """``demo`` names the bundled clip; anything else is a path or URL as given."""
     if source == DEMO:
@@ -55,12 +64,9 @@ def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
 
     setup_logging("source", verbose, quiet)
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
-    stage = SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw))
-    stage.install_signal_handlers()
     try:
-        res = stage.run()
+        res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
     finally:
-        stage.close()
         remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
@@ -96,13 +102,8 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     log = logging.getLogger("vidseg.worker")
     log.info("%s on %s (%s), input %d (%s side)", card.name, seg.device, str(seg.dtype).replace("torch.", ""),
              seg.input_size, card.input_side)
-    stage = WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                        batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw))
-    stage.install_signal_handlers()
-    try:
-        res = stage.run()
-    finally:
-        stage.close()
+    res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
+                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw)))
     log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
 
 
@@ -121,12 +122,7 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
 
     setup_logging("sink", verbose, quiet)
     out = config_of(OutputConfig, kw, preview=preview_default(kw))
-    stage = SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw))
-    stage.install_signal_handlers()
-    try:
-        res = stage.run()
-    finally:
-        stage.close()
+    res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
     log = logging.getLogger("vidseg.sink")
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
