@@ -67,17 +67,13 @@ def fails(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, high: torc
 
 
 def summary_numbers(txt, header: str) -> dict:
-    """One section of a reference summary (``shared/reference/checkpoints/*.txt``), from ``### {header}:``.
+    """One section of a reference summary (``tests/data/checkpoints/*.txt``), from ``### {header}:``.
 
     Returns total keys, float elements (millions, as printed), per-prefix key
     counts in order, and the listed ``key (shape)`` lines.
     """
     import re
 
-    import pytest
-
-    if not txt.is_file():
-        pytest.skip(f"{txt} not available")
     sec = txt.read_text().split(f"### {header}:")[1].split("###")[0]
     head = re.match(r"\s*(\d+) keys, ([\d.]+)M float elems", sec)
     prefixes = dict((p, int(n)) for p, n in re.findall(r"([\w.]+)\((\d+)\)", sec.split("prefixes:")[1].splitlines()[0]))

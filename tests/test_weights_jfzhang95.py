@@ -33,7 +33,7 @@ from vidseg.nets import build_model
 from vidseg.weights import VOC_CLASSES, convert, detect_format, import_checkpoint, weights_group
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
-TXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "checkpoints" / "jfzhang95-deeplab.txt"
+TXT = Path(__file__).resolve().parent / "data" / "checkpoints" / "jfzhang95-deeplab.txt"
 BACKBONES = ("resnet", "xception", "mobilenet")
 VIDSEG_BACKBONE = {"resnet": "resnet101", "xception": "xception", "mobilenet": "mobilenetv2"}
 CARD_ARCH = {

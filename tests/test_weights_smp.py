@@ -36,7 +36,7 @@ from vidseg.nets import build_model
 from vidseg.weights import CITYSCAPES_CLASSES, convert, detect_format, import_checkpoint, weights_group
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
-TXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "checkpoints" / "smp-deeplabv3plus.txt"
+TXT = Path(__file__).resolve().parent / "data" / "checkpoints" / "smp-deeplabv3plus.txt"
 ENCODERS = ("resnet101", "mobilenet_v2")  # the txt's; resnet50 is the same code with 6 blocks in layer3
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 VIDSEG_BACKBONE = {"resnet101": "resnet101", "resnet50": "resnet50", "mobilenet_v2": "mobilenetv2"}
