@@ -22,15 +22,9 @@ from click.testing import CliRunner
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
 from vidseg.stages.infer import build_from_card, load_model
-from vidseg.weights import (
-    CITYSCAPES_CLASSES,
-    CITYSCAPES_PALETTE,
-    VOC_CLASSES,
-    convert,
-    detect_format,
-    import_checkpoint,
-    weights_group,
-)
+from vidseg.cli import cli
+from vidseg.convert import convert, detect_format, import_checkpoint
+from vidseg.convert._common import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES
 from vidseg.zoo import read_checkpoint
 
 KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoints" / "keys"
@@ -193,7 +187,7 @@ def test_vidseg_state_dicts_are_not_taken_for_public_layouts():
 
 
 def test_arch_flags_agreeing_with_the_checkpoint_pass_and_others_fail(files):
-    from vidseg.weights import detect_and_convert
+    from vidseg.convert import detect_and_convert
 
     obj = torch.load(files("torchvision-deeplabv3_resnet50-c21-aux"), map_location="cpu", weights_only=True)
     card, _ = detect_and_convert(obj, _cfg(arch=(("output_stride", 8),)))
@@ -751,14 +745,14 @@ def test_jfzhang95_and_smp_fail_clearly():
 
 def test_cli_import_prints_the_card(files, tmp_path):
     src, dst = files("vainf-deeplabv3plus_mobilenet-c19"), tmp_path / "vainf.pt"
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(dst)])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(dst)])
     assert r.exit_code == 0, r.output
     assert "deeplabv3plus/mobilenetv2, 19 classes (road, sidewalk" in r.output
     assert "RGB, x*1/255" in r.output and "sha256" in r.output and dst.is_file()
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "b.pt"), "--format", "bubbliiiing"])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "b.pt"), "--format", "bubbliiiing"])
     assert r.exit_code == 2
     assert r.output.strip().count("\n") == 0 and r.output.startswith("vidseg: error: this looks like a vainf")
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "c.pt"), "--format", "caffe"])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "c.pt"), "--format", "caffe"])
     assert r.exit_code == 2 and "auto" in r.output and "ccnet-official" in r.output
 
 
@@ -766,7 +760,7 @@ def test_cli_import_unsupported_is_one_line(files, tmp_path):
     src = tmp_path / "lraspp.pth"
     torch.save(_variant(files, "torchvision-deeplabv3_mobilenet_v3_large-c21-aux", drop=("classifier.",),
                         add={"classifier.low_classifier.weight": torch.zeros(1)}), src)
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "x.pt")])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "x.pt")])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "LR-ASPP" in lines[0] and "deeplabv3_" in lines[0]

@@ -30,7 +30,9 @@ from ckpt_check import variant as _variant
 from ckpt_check import within as _within
 from vidseg.errors import InputError
 from vidseg.nets import build_model
-from vidseg.weights import VOC_CLASSES, convert, detect_format, import_checkpoint, weights_group
+from vidseg.cli import cli
+from vidseg.convert import convert, detect_format, import_checkpoint
+from vidseg.convert._common import VOC_CLASSES
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 TXT = Path(__file__).resolve().parent / "data" / "checkpoints" / "jfzhang95-deeplab.txt"
@@ -454,7 +456,7 @@ def test_unmappable_jfzhang95_checkpoints_fail_clearly():
 
 def test_cli_imports_jfzhang95(sources, tmp_path):
     _, src = sources("mobilenet")
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "jf.pt"), "--output-stride", "8"])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "jf.pt"), "--output-stride", "8"])
     assert r.exit_code == 0, r.output
     assert "deeplabv3plus/mobilenetv2, 21 classes (background, aeroplane" in r.output
     assert "dilation_rule=jfzhang95" in r.output and "output_stride=8" in r.output

@@ -33,7 +33,9 @@ from ckpt_check import within as _within
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
 from vidseg.nets import build_model
-from vidseg.weights import CITYSCAPES_CLASSES, convert, detect_format, import_checkpoint, weights_group
+from vidseg.cli import cli
+from vidseg.convert import convert, detect_format, import_checkpoint
+from vidseg.convert._common import CITYSCAPES_CLASSES
 from vidseg.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 TXT = Path(__file__).resolve().parent / "data" / "checkpoints" / "smp-deeplabv3plus.txt"
@@ -387,7 +389,7 @@ def test_unsupported_smp_checkpoints_fail_clearly(sources, tmp_path):
     print(msg)
     src = tmp_path / "tu.pth"
     torch.save(tu, src)
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "tu.pt")])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "tu.pt")])
     assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "encoder.model" in r.output
     # efficientnet-b0 (lukemelas), resnet34 (basic blocks), resnext, another smp architecture
     _one_line_error({"encoder._conv_stem.weight": torch.zeros(1), "encoder._blocks.0.x": torch.zeros(1)} | decoder,
@@ -411,7 +413,7 @@ def test_unsupported_smp_checkpoints_fail_clearly(sources, tmp_path):
 def test_list_valued_arch_flags_agree_with_tuple_cards(sources):
     """--arch aspp_rates=[12,24,36] or a TOML list is the card's (12, 24, 36), not a contradiction."""
     from vidseg.config import ModelConfig
-    from vidseg.weights import detect_and_convert
+    from vidseg.convert import detect_and_convert
 
     sd, _ = sources("resnet101")
     card, _ = detect_and_convert(sd, ModelConfig(model=None, device="cpu", arch=(("aspp_rates", [12, 24, 36]),)))
@@ -422,7 +424,7 @@ def test_list_valued_arch_flags_agree_with_tuple_cards(sources):
 
 def test_cli_imports_smp(sources, tmp_path):
     _, src = sources("mobilenet_v2")
-    r = CliRunner().invoke(weights_group, ["import", str(src), "-o", str(tmp_path / "smp.pt"), "--output-stride", "8"])
+    r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "smp.pt"), "--output-stride", "8"])
     assert r.exit_code == 0, r.output
     assert "deeplabv3plus/mobilenetv2, 19 classes (road, sidewalk" in r.output
     assert "head=smp" in r.output and "dilation_rule=smp" in r.output and "last_conv=True" in r.output

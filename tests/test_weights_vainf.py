@@ -23,7 +23,7 @@ from conftest import low_precision_forward
 from vidseg.errors import InputError
 from vidseg.nets import build_model
 from vidseg.nets.layers import MinSizeConv2d
-from vidseg.weights import convert, import_checkpoint
+from vidseg.convert import convert, import_checkpoint
 from vidseg.zoo import read_checkpoint
 
 MBV2 = "vainf-deeplabv3plus_mobilenet-c19"

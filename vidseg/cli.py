@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .config import MODES, PRECISIONS, FlowConfig, ModelConfig, OutputConfig, load_config_file
+from .convert import FORMATS
 from .errors import FramesLost, InputError, VidsegError
 
 BACKBONES = ("resnet50", "resnet101", "xception", "xception-legacy", "mobilenetv2", "mobilenetv3")
@@ -542,13 +543,33 @@ def models() -> None:
             click.echo(f"  {name:<28} {card.architecture}/{card.backbone}, {card.num_classes} classes — {card.description}")
 
 
-def _register_weights() -> None:
-    from .weights import weights_group
+# -- public checkpoints --------------------------------------------------------
+@cli.group("weights")
+def weights_group() -> None:
+    """Import public checkpoints (official CCNet, mmseg CCNet, VainF, bubbliiiing, jfzhang95 and
+    segmentation_models_pytorch DeepLabV3+, torchvision DeepLabV3) into vidseg's format."""
 
-    cli.add_command(weights_group)
 
+@weights_group.command("import")
+@click.argument("src")
+@click.option("--output", "-o", "dst", required=True, help="vidseg checkpoint to write (card included).")
+@click.option("--format", "fmt", type=click.Choice(("auto",) + FORMATS), default="auto", show_default=True,
+              help="The checkpoint's source; auto recognises it from its keys.")
+@click.option("--num-classes", type=click.IntRange(1, 256), default=None,
+              help="Classes you expect; an error if the checkpoint has another count.")
+@click.option("--align-corners/--no-align-corners", default=None,
+              help="Override the source's upsampling default (e.g. mmseg 769x769 configs: --align-corners).")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), default=None,
+              help="DeepLabV3+ sources: the stride the checkpoint was trained at. [default: 16]")
+@click.option("--keep-aux", is_flag=True, help="Keep the auxiliary (DSN) head, for fine-tuning.")
+def import_command(src: str, dst: str, fmt: str, num_classes: int | None, align_corners: bool | None,
+                   output_stride: str | None, keep_aux: bool) -> None:
+    """Convert public checkpoint SRC into a vidseg checkpoint and print its card."""
+    from .convert import card_summary, import_checkpoint
 
-_register_weights()
+    card = import_checkpoint(src, dst, fmt, num_classes=num_classes, aux=keep_aux, align_corners=align_corners,
+                             output_stride=int(output_stride) if output_stride else None)
+    click.echo(card_summary(card))
 
 
 def main() -> None:

@@ -114,9 +114,9 @@ def _zoo_weights(card: ModelCard, folder: Path) -> dict | None:
 
 
 def _convert_public(obj, cfg: ModelConfig):
-    """Hook for public checkpoint formats (see vidseg.weights); None when not recognised."""
+    """Hook for public checkpoint formats (see vidseg.convert); None when not recognised."""
     try:
-        from ..weights import detect_and_convert  # type: ignore[attr-defined]
+        from ..convert import detect_and_convert
     except ImportError:
         return None
     return detect_and_convert(obj, cfg)
