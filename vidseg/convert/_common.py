@@ -199,6 +199,13 @@ def _fold_bias(out: dict, bn: str, bias) -> None:
     out[f"{bn}.running_mean"] = out[f"{bn}.running_mean"] - bias
 
 
+def _nested_mbv2(state: dict, block: str, idx: str) -> str | None:
+    """Where layer ``idx`` of the flat MobileNetV2 block ``block`` (``{block}.conv.{idx}``) sits in the nested
+    block; None when the block has no such layer. Only a block with a 1x1 expansion has ``conv.6``."""
+    table = _MBV2_EXPAND if f"{block}.conv.6.weight" in state else _MBV2_NO_EXPAND
+    return table.get(idx)
+
+
 def _rename(state: dict, rules: list[tuple[str, str]]) -> dict:
     """Rename by the first matching prefix rule; keys matching no rule are kept as they are."""
     out = {}

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..zoo import ModelCard, Preprocess
-from ._common import _MBV2_EXPAND, _MBV2_NO_EXPAND, Format, _card, _fold_bias, _has, _need, _num_classes
+from ._common import Format, _card, _fold_bias, _has, _need, _nested_mbv2, _num_classes
 
 NAME = "bubbliiiing"
 SOURCE = "bubbliiiing/deeplabv3-plus-pytorch"
@@ -64,12 +64,10 @@ def _mobilenet(state: dict) -> dict:
             continue
         if i > 0:
             mm = re.match(r"conv\.(\d+)\.(.*)$", rest)
-            if not mm:
+            nested = _nested_mbv2(state, f"backbone.features.{i}", mm.group(1)) if mm else None
+            if nested is None:
                 raise InputError(f"bubbliiiing MobileNetV2 key {k} has an unexpected layout")
-            table = _MBV2_EXPAND if f"backbone.features.{i}.conv.6.weight" in state else _MBV2_NO_EXPAND
-            if mm.group(1) not in table:
-                raise InputError(f"bubbliiiing MobileNetV2 key {k} has an unexpected layout")
-            rest = f"conv.{table[mm.group(1)]}.{mm.group(2)}"
+            rest = f"conv.{nested}.{mm.group(2)}"
         part = "low_level_features" if i < 4 else "high_level_features"
         out[f"backbone.{part}.{i}.{rest}"] = v
     return out

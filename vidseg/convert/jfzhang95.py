@@ -45,8 +45,6 @@ from typing import Any
 from ..errors import InputError
 from ..zoo import ModelCard
 from ._common import (
-    _MBV2_EXPAND,
-    _MBV2_NO_EXPAND,
     IMAGENET_RGB,
     Format,
     _blocks,
@@ -54,6 +52,7 @@ from ._common import (
     _has,
     _input_size,
     _need,
+    _nested_mbv2,
     _num_classes,
     _rename,
     _resnet_depth,
@@ -120,10 +119,10 @@ def _mobilenet(state: dict) -> dict:
             out[k] = v
             continue
         part, i, j, rest = m.groups()
-        table = _MBV2_EXPAND if f"backbone.{part}_level_features.{i}.conv.6.weight" in state else _MBV2_NO_EXPAND
-        if j not in table:
+        nested = _nested_mbv2(state, f"backbone.{part}_level_features.{i}", j)
+        if nested is None:
             raise InputError(f"jfzhang95 MobileNetV2 key {k} has an unexpected layout; vidseg cannot map it")
-        out[f"backbone.{part}_level_features.{i}.conv.{table[j]}.{rest}"] = v
+        out[f"backbone.{part}_level_features.{i}.conv.{nested}.{rest}"] = v
     return out
 
 
