@@ -53,8 +53,9 @@ __all__ = [
 _REGISTRY: tuple[Format, ...] = (
     official.FORMAT, mmseg.FORMAT, vainf.FORMAT, bubbliiiing.FORMAT, torchvision.FORMAT, jfzhang95.FORMAT, smp.FORMAT,
 )
-# The order detect_format tries them: the first whose keys match decides. torchvision and VainF come
-# last, torchvision first: their prefixes (backbone., classifier.) are the most generic.
+# The order detect_format tries them; the first whose detect() holds decides. It is the order of the
+# if-chain this replaces, so a key set that two tests accept keeps its answer; torchvision's and VainF's
+# tests (the generic backbone./classifier. prefixes) come last, torchvision first.
 _DETECTION: tuple[Format, ...] = (
     official.FORMAT, mmseg.FORMAT, bubbliiiing.FORMAT, jfzhang95.FORMAT, smp.FORMAT, torchvision.FORMAT, vainf.FORMAT,
 )
