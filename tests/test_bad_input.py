@@ -1,7 +1,5 @@
 """Bad input: one line naming the problem and the fix, non-zero exit, no traceback, no output left."""
 import os
-import subprocess
-import sys
 
 import pytest
 import zmq

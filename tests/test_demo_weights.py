@@ -6,7 +6,6 @@ PyAV, segmented by ``Segmenter`` on the CPU and compared with the exact masks.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import av
 import cv2

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import copy
-import re
-from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ckpt_check import read_tsv
 from conftest import low_precision_forward
 from vidseg.nets import CrissCrossAttention, build_model, get_spec, list_models
-from vidseg.nets.layers import BatchNormAct2d
-
-KEYS_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "checkpoints" / "keys"
+from vidseg.nets.layers import BatchNormAct2d, MinSizeConv2d
 
 MODELS = {
     "ccnet": ("mobilenetv2", "resnet50", "resnet101", "xception"),
@@ -39,14 +37,8 @@ def set_gamma(model: nn.Module, value: float) -> None:
 
 
 def tsv(name: str) -> dict[str, tuple[int, ...]]:
-    path = KEYS_DIR / name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    out = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, _dtype = line.split("\t")
-        out[key] = tuple(int(d) for d in re.findall(r"\d+", shape))
-    return out
+    """Key -> shape of a public checkpoint (``tests/data/checkpoints/keys/{name}``)."""
+    return {key: shape for key, shape, _dtype in read_tsv(name.removesuffix(".tsv"))}
 
 
 def shapes(model: nn.Module, *, drop_nbt: bool = False) -> dict[str, tuple[int, ...]]:
@@ -520,3 +512,142 @@ def test_deeplabv3_mobilenetv3_low_precision(dtype):
     out, ref = low_precision_forward(model, x, dtype)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.85
+
+
+# ------------------------------------------------------------- options that compute the public implementations
+
+
+def test_mobilenet_padding_option():
+    kw = dict(backbone="mobilenetv2", num_classes=5, width_mult=TINY)
+    default, vainf = build_model("deeplabv3plus", **kw), build_model("deeplabv3plus", backbone_padding="input", **kw)
+    assert default.backbone.padding == "same" and vainf.backbone.padding == "input"
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in vainf.state_dict().items()}
+    assert build_model("deeplabv3plus", backbone_padding="same", **kw).backbone.padding == "same"
+    vainf.load_state_dict(default.state_dict())
+    default.eval()
+    vainf.eval()
+    with torch.no_grad():
+        for b, h, w in [(2, 33, 65), (1, 17, 23), (2, 1, 1), (1, 5, 3)]:
+            x = torch.randn(b, 3, h, w)
+            out = vainf(x)
+            assert out.shape == (b, 5, h, w) and torch.isfinite(out).all()
+        assert not torch.allclose(default(x), vainf(x))
+    with pytest.raises(ValueError, match="same, input"):
+        build_model("deeplabv3plus", backbone_padding="valid", **kw)
+    with pytest.raises(ValueError, match="mobilenetv2 backbone only"):
+        build_model("deeplabv3plus", backbone="resnet50", backbone_padding="input", num_classes=5, width_mult=TINY)
+
+
+def test_new_options_default_to_todays_networks():
+    """Explicit defaults build the very networks the shipped weights and other importers rely on."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 41, 53)
+    pairs = [
+        (dict(backbone="resnet50"), dict(backbone="resnet50", contract_dilation=True)),
+        (dict(backbone="resnet50", stem="deep"), dict(backbone="resnet50", stem="deep", contract_dilation=False)),
+        (dict(backbone="mobilenetv2"), dict(backbone="mobilenetv2", dilation_rule="vainf")),
+        (dict(backbone="xception"), dict(backbone="xception", xception_flavour="seed")),
+    ]
+    for a, b in pairs:
+        m1 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **a).eval()
+        m2 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **b).eval()
+        m2.load_state_dict(m1.state_dict())
+        with torch.no_grad():
+            assert torch.equal(m1(x), m2(x)), a
+    with pytest.raises(ValueError, match="resnet backbones only"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", multi_grid=(1, 2, 4), num_classes=3)
+    with pytest.raises(ValueError, match="mobilenetv2 backbone only"):
+        build_model("deeplabv3plus", backbone="resnet50", dilation_rule="jfzhang95", num_classes=3)
+    with pytest.raises(ValueError, match="xception backbone only"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", xception_flavour="jfzhang95", num_classes=3)
+    with pytest.raises(ValueError, match="multi_grid needs 3"):
+        build_model("deeplabv3plus", backbone="resnet50", multi_grid=(1, 2), num_classes=3)
+    with pytest.raises(ValueError, match="vainf, jfzhang95"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", dilation_rule="torchvision", num_classes=3)
+
+
+def test_smp_options_default_to_todays_networks():
+    """Explicit defaults build the very networks the shipped weights and other importers rely on."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 41, 53)
+    pairs = [
+        (dict(backbone="mobilenetv2"), dict(backbone="mobilenetv2", head="plain", last_conv=False,
+                                            decoder_convs=2, aspp_dropout=0.1)),
+        (dict(backbone="resnet50"), dict(backbone="resnet50", head="plain", aspp_rates=(12, 24, 36))),
+    ]
+    for a, b in pairs:
+        m1 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **a).eval()
+        m2 = build_model("deeplabv3plus", num_classes=3, width_mult=0.125, output_stride=8, **b).eval()
+        assert list(m1.state_dict()) == list(m2.state_dict())
+        assert not any("aspp_conv" in k or "convs.1.0.0." in k for k in m1.state_dict())
+        m2.load_state_dict(m1.state_dict())
+        with torch.no_grad():
+            assert torch.equal(m1(x), m2(x)), a
+    smp = build_model("deeplabv3plus", backbone="mobilenetv2", num_classes=3, width_mult=0.125, head="smp",
+                      dilation_rule="smp", last_conv=True, align_corners=True).eval()
+    assert smp.classifier.aspp.rates == (12, 24, 36) and smp.backbone.channels["out"] == 1280
+    with torch.no_grad():
+        assert smp(x).shape == (1, 3, 41, 53)
+    with pytest.raises(ValueError, match="mobilenetv2 backbone only"):
+        build_model("deeplabv3plus", backbone="resnet50", last_conv=True, num_classes=3)
+    with pytest.raises(ValueError, match="plain, smp"):
+        build_model("deeplabv3plus", backbone="resnet50", head="vainf", num_classes=3)
+    with pytest.raises(ValueError, match="vainf, jfzhang95, smp"):
+        build_model("deeplabv3plus", backbone="mobilenetv2", dilation_rule="torchvision", num_classes=3)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_xception_legacy_tiny_odd_sizes_and_training(output_stride):
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus", backbone="xception-legacy", num_classes=5, width_mult=TINY,
+                        output_stride=output_stride, aux=True)
+    bb = model.backbone
+    assert bb.channels == {"low": 16, "aux": 91, "out": 256} and bb.output_stride == output_stride
+    model.eval()
+    with torch.no_grad():
+        for b, h, w in [(2, 33, 65), (1, 17, 23), (1, 8, 8), (2, 1, 1), (1, 5, 3), (2, 61, 77)]:
+            out = model(torch.randn(b, 3, h, w))
+            assert out.shape == (b, 5, h, w) and torch.isfinite(out).all(), (b, h, w)
+        feats = bb(torch.randn(1, 3, 64, 96))
+    assert feats["low"].shape[2:] == (15, 23)  # stride 4 after the unpadded stem
+    assert feats["aux"].shape[1] == 91
+    model.train()
+    main, aux = model(torch.randn(2, 3, 41, 37))
+    assert main.shape == aux.shape == (2, 5, 41, 37)
+    (main.mean() + aux.mean()).backward()  # no in-place op breaks autograd
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_xception_legacy_in_ccnet():
+    torch.manual_seed(0)
+    model = build_model("ccnet", backbone="xception-legacy", num_classes=5, width_mult=TINY).eval()
+    assert model.output_stride == 8
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 29, 43))
+    assert out.shape == (2, 5, 29, 43) and torch.isfinite(out).all()
+
+
+def test_xception_legacy_low_precision():
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus", backbone="xception-legacy", num_classes=5, width_mult=0.25).eval()
+    x = torch.randn(2, 3, 49, 63)
+    with torch.no_grad():
+        ref = model(x)
+        out = copy.deepcopy(model).to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= 0.8
+    out, _ = low_precision_forward(model, x, torch.float16)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_min_size_conv_only_pads_what_a_plain_conv_cannot_take():
+    torch.manual_seed(0)
+    conv = MinSizeConv2d(4, 4, 3, 1, 1, 4, groups=4, bias=False)  # padding 1, dilation 4: kernel spans 9
+    plain = torch.nn.Conv2d(4, 4, 3, 1, 1, 4, groups=4, bias=False)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 4, 9, 12)
+    with torch.no_grad():
+        assert torch.equal(conv(x), plain(x))  # 7x10 output: no extra padding
+        small = torch.randn(1, 4, 3, 6)  # plain would need 7 rows / columns
+        assert conv(small).shape == (1, 4, 1, 1)
+        assert torch.equal(conv(small), plain(F.pad(small, (0, 1, 2, 2))))

@@ -1,7 +1,6 @@
 """Tests for the synthetic scene generator (vidseg.scenes)."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from dataclasses import replace

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-#: Public checkpoint formats (vidseg.convert.FORMATS), listed here so --help needs no torch.
-FORMAT_CHOICES = ("auto", "ccnet-official", "mmseg", "vainf", "bubbliiiing", "torchvision", "jfzhang95", "smp")
+from ..convert import FORMATS  # metadata only: importing it loads no torch
 
 
 @click.command()
@@ -34,7 +33,7 @@ def weights() -> None:
 @weights.command("import")
 @click.argument("src")
 @click.option("--output", "-o", "dst", required=True, help="vidseg checkpoint to write (card included).")
-@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="auto", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(("auto",) + FORMATS), default="auto", show_default=True,
               help="The checkpoint's source; auto recognises it from its keys.")
 @click.option("--num-classes", type=click.IntRange(1, 256), default=None,
               help="Classes you expect; an error if the checkpoint has another count.")
@@ -46,7 +45,7 @@ def weights() -> None:
 def import_command(src: str, dst: str, fmt: str, num_classes: int | None, align_corners: bool | None,
                    output_stride: str | None, keep_aux: bool) -> None:
     """Convert public checkpoint SRC into a vidseg checkpoint and print its card."""
-    from ..weights import card_summary, import_checkpoint
+    from ..convert import card_summary, import_checkpoint
 
     card = import_checkpoint(src, dst, fmt, num_classes=num_classes, aux=keep_aux, align_corners=align_corners,
                              output_stride=int(output_stride) if output_stride else None)

@@ -7,7 +7,7 @@ Layout of torchvision's / VainF's ASPP: ``convs.0`` 1x1 branch (conv, BN),
 ``separable=True`` builds segmentation_models_pytorch's variant: the atrous
 branches are depthwise-separable (``convs.N.0.0`` depthwise 3x3 dilated by
 the rate, ``convs.N.0.1`` pointwise 1x1, both bias-free; ``convs.N.1`` BN),
-every other module as above - the key names are smp's ``decoder.aspp.0.*``.
+every other module as above.
 """
 from __future__ import annotations
 

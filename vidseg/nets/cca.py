@@ -196,8 +196,7 @@ class CrissCrossAttention(nn.Module):
     """Criss-cross attention block: ``gamma * cca(Q, K, V) + x``.
 
     Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``)
-    follow the official CCNet checkpoint; mmseg stores ``gamma`` as
-    ``gamma.scale`` with shape ``()`` (reshape to ``(1,)`` when importing).
+    follow the official CCNet checkpoint.
     """
 
     def __init__(self, in_channels: int) -> None:

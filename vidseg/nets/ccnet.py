@@ -15,24 +15,11 @@ state_dict has exactly the official checkpoint's keys and shapes::
     head.bottleneck.{0,1,3}                  3x3 conv, BN(+act), [2: Dropout2d], 1x1 classifier
     dsn.{0,1,3}                              3x3 conv (with bias), BN(+act), [2: Dropout2d], 1x1
 
-plus ``num_batches_tracked`` buffers, which the official file lacks:
-``load_state_dict`` fills them in for a plain dict without version metadata,
-and an importer may simply add them. The official BNs are InPlaceABN - the
-importer must turn ``weight`` into ``abs(weight) + 1e-5`` (backbone and head
-alike); the head activation is LeakyReLU(0.01) via :class:`BatchNormAct2d`.
-
-mmseg ``ccnet_r{50,101}-d8`` maps with ``stem="mmseg", head_act="relu",
-aux_channels=256``::
-
-    backbone.stem.{0,1,3,4,6,7}      -> conv1, bn1, conv2, bn2, conv3, bn3
-    backbone.layer*                  -> layer*
-    decode_head.convs.0.{conv,bn}    -> head.conva.{0,1}
-    decode_head.cca.*                -> head.cca.*   (gamma.scale () -> gamma (1,))
-    decode_head.convs.1.{conv,bn}    -> head.convb.{0,1}
-    decode_head.conv_cat.{conv,bn}   -> head.bottleneck.{0,1}
-    decode_head.conv_seg             -> head.bottleneck.3
-    auxiliary_head.convs.0.{conv,bn} -> dsn.{0,1}     (mmseg's conv has no bias: load zeros)
-    auxiliary_head.conv_seg          -> dsn.3
+plus ``num_batches_tracked`` buffers. The head activation is LeakyReLU(0.01)
+via :class:`BatchNormAct2d` (the official InPlaceABN's); ``stem="mmseg",
+head_act="relu", aux_channels=256`` computes mmseg's ``ccnet_r{50,101}-d8``
+with the same module names. How public files map onto them:
+:mod:`vidseg.convert`.
 
 Variants
 --------

@@ -1,8 +1,7 @@
 """DeepLabV3 (Chen et al., 2017): atrous backbone + ASPP head, no decoder.
 
 Layout of torchvision's ``deeplabv3_resnet50/101`` and
-``deeplabv3_mobilenet_v3_large``, so their checkpoints load 1:1 (VainF's
-``deeplabv3_*`` too, with ``classifier.classifier.`` renamed ``classifier.``)::
+``deeplabv3_mobilenet_v3_large``, so their checkpoints load 1:1::
 
     backbone.*                 ResNet (torchvision names, stem="torchvision",
                                output stride 8) or MobileNetV3-Large (``backbone.0..16``)

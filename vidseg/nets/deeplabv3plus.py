@@ -2,7 +2,7 @@
 
 Layout and checkpoint names
 ---------------------------
-Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
+Named after VainF/DeepLabV3Plus-Pytorch, whose checkpoints load 1:1::
 
     backbone.*                    ResNet: torchvision names (stem="torchvision");
                                   MobileNetV2: low_level_features / high_level_features
@@ -10,55 +10,37 @@ Named after VainF/DeepLabV3Plus-Pytorch (``{'model_state': ...}``)::
     classifier.project.{0,1}      low-level 1x1 conv -> 48, BN
     classifier.aspp.convs.{0..4}  ASPP branches (4 = image pooling: .1 conv, .2 BN)
     classifier.aspp.project.{0,1} 1x1 conv -> 256, BN
+    classifier.aspp_conv.{0,1}    head="smp" only: separable 3x3 conv, BN after the ASPP
     classifier.classifier.*       decoder convs and the 1x1 classifier
     aux_classifier.{0,1,4}        optional, torchvision FCNHead layout (aux=True)
 
-* VainF resnet50/101, mobilenet, xception: 1:1 with ``decoder_convs=1``
-  (VainF's decoder has ONE 3x3 conv: ``classifier.classifier.{0,1,3}``). The
-  paper's and the default ``decoder_convs=2`` decoder is
-  ``classifier.classifier.{0,1,3,4,6}``. VainF's MobileNetV2 pads block
-  inputs (``backbone_padding="input"``); its xception is the original,
-  non-aligned Xception (``backbone="xception-legacy"``, low-level features
-  from block1).
-* bubbliiiing deeplabv3-plus: xception backbone keys are identical
-  (``backbone.*``, seed layout); ``aspp.branch1..4`` -> ``classifier.aspp.convs.0..3``,
-  ``aspp.branch5_conv/_bn`` -> ``convs.4.1/.2``, ``aspp.conv_cat`` ->
-  ``classifier.aspp.project``, ``shortcut_conv`` -> ``classifier.project``,
-  ``cat_conv.{0,1,4,5}`` -> ``classifier.classifier.{0,1,3,4}``, ``cls_conv`` ->
-  ``classifier.classifier.6``. Its convs carry biases (load them into
-  bias-free convs by folding into the following BN's running_mean), it
-  concatenates [ASPP, low-level] where VainF (and this code) use
-  [low-level, ASPP] - permute the input channels of ``cat_conv.0`` - and its
-  MobileNetV2 blocks are flat (``conv.0,1,3,4,6,7``) instead of nested.
-  Use ``align_corners=True`` with its weights.
-* jfzhang95 pytorch-deeplab-xception (``{'state_dict': ...}``):
-  ``aspp.aspp1..4.{atrous_conv,bn}`` -> ``classifier.aspp.convs.0..3.{0,1}``,
-  ``aspp.global_avg_pool.{1,2}`` -> ``convs.4.{1,2}``, ``aspp.{conv1,bn1}`` ->
-  ``classifier.aspp.project.{0,1}``, ``decoder.{conv1,bn1}`` ->
-  ``classifier.project.{0,1}``, ``decoder.last_conv.{0,1,4,5,8}`` ->
-  ``classifier.classifier.{0,1,3,4,6}`` ([ASPP, low] concat permuted, as
-  bubbliiiing's). Backbones: resnet101 with ``stem="torchvision",
-  contract_dilation=False, multi_grid=(1, 2, 4)`` (names 1:1); mobilenetv2
-  with ``backbone_padding="input-padded-stem", dilation_rule="jfzhang95"``
-  (flat blocks nested); xception with ``xception_flavour="jfzhang95"``
-  (``rep.N`` renamed to ``sepconvK``). ``align_corners=True``.
-* segmentation_models_pytorch (smp) ``DeepLabV3Plus`` (plain state dict):
-  ``head="smp"`` builds its decoder - separable ASPP branches, one more
-  separable 3x3 conv + BN + ReLU after the ASPP, one separable 3x3 decoder
-  conv (``decoder_convs=1``), rates (12, 24, 36) at either output stride -
-  named as smp names it where vidseg has no module of its own:
-  ``decoder.aspp.0.*`` -> ``classifier.aspp.*`` (1:1), ``decoder.aspp.{1,2}``
-  -> ``classifier.aspp_conv.{0,1}``, ``decoder.block1`` -> ``classifier.project``,
-  ``decoder.block2.{0,1}`` -> ``classifier.classifier.{0,1}`` ([ASPP, low]
-  concat permuted in both the depthwise and the pointwise weights),
-  ``segmentation_head.0`` -> ``classifier.classifier.3``. Its upsamplings
-  (``UpsamplingBilinear2d``) are ``align_corners=True`` resizes to the low-level
-  and the input size. Encoders: resnet50/101 (``stem="torchvision",
+The decoder reads [low-level, ASPP]. ``decoder_convs=2`` (the paper's, the
+default) is ``classifier.classifier.{0,1,3,4,6}``; ``decoder_convs=1`` (VainF's
+and smp's: ONE 3x3 conv) is ``classifier.classifier.{0,1,3}``.
+
+The options compute the public implementations whose weights vidseg imports
+(:mod:`vidseg.convert` maps their keys and records the options in the card):
+
+* VainF: ``decoder_convs=1``; its MobileNetV2 pads block inputs
+  (``backbone_padding="input"``); its xception is the original, non-aligned
+  Xception (``backbone="xception-legacy"``, low-level features from block1).
+* bubbliiiing: the defaults (aligned ``xception``, 2 decoder convs);
+  ``align_corners=True``.
+* jfzhang95 pytorch-deeplab-xception: resnet101 with ``stem="torchvision",
+  contract_dilation=False, multi_grid=(1, 2, 4)``; mobilenetv2 with
+  ``backbone_padding="input-padded-stem", dilation_rule="jfzhang95"``;
+  xception with ``xception_flavour="jfzhang95"``; ``align_corners=True``.
+* segmentation_models_pytorch (smp) ``DeepLabV3Plus``: ``head="smp"`` builds
+  its decoder - separable ASPP branches, one more separable 3x3 conv + BN +
+  ReLU after the ASPP, one separable 3x3 decoder conv (``decoder_convs=1``),
+  rates (12, 24, 36) at either output stride. Its upsamplings
+  (``UpsamplingBilinear2d``) are ``align_corners=True`` resizes to the
+  low-level and the input size. Encoders: resnet50/101 (``stem="torchvision",
   contract_dilation=False``: smp's ``make_dilated`` dilates every block of a
   dilated stage fully), mobilenet_v2 (``dilation_rule="smp", last_conv=True``:
   features.18, the 1x1 conv to 1280, feeds the ASPP).
 * torchvision's and VainF's deeplabv3_* (not "plus") have no decoder: they
-  import exactly into the ``deeplabv3`` architecture (vidseg/nets/deeplabv3.py).
+  are the ``deeplabv3`` architecture (vidseg/nets/deeplabv3.py).
 """
 from __future__ import annotations
 

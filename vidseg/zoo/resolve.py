@@ -45,7 +45,7 @@ def _resolve(cfg: ModelConfig) -> tuple[ModelCard, dict | None, str]:
                 raise InputError(f"{cfg.weights} has a damaged model card ({e}); export the checkpoint again") from None
             _check_agrees(cfg, card)
             return card, unwrap_state_dict(obj["state_dict"]), "vidseg"
-        from ..weights import detect_and_convert
+        from ..convert import detect_and_convert
 
         converted = detect_and_convert(obj, cfg)
         if converted is not None:

@@ -19,9 +19,8 @@ output_stride 16: block2 and block3 stride 2, dilation 1 afterwards;
 output_stride 8: block3 stride 1, middle and exit flows dilated by 2.
 
 ``flavour="jfzhang95"`` computes jfzhang95/pytorch-deeplab-xception's
-AlignedXception with the same modules (its ``SeparableConv2d`` is
-``conv1`` depthwise + ``bn`` + ``pointwise`` with the block's BN after it:
-``depthwise, bn1, pointwise, bn2`` here; its ``fixed_padding`` of a 3x3 conv
+AlignedXception with the same modules (its separable conv is depthwise, BN,
+pointwise, then the block's BN, as here; its ``fixed_padding`` of a 3x3 conv
 is the symmetric padding used here). What differs from the seed:
 
 * every block's leading ReLU is in place on its input, so the skip conv reads
