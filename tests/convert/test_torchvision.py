@@ -112,9 +112,13 @@ def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
     out, masks = tmp_path / "out.mp4", tmp_path / "masks"
     src = files(MBV3)
     r = vidseg("run", "--source", str(clip), "--weights", str(src), "--output", str(out), "--masks", str(masks),
-               "--alpha", "0.2", "-v")
+               "--alpha", "0.2", "--workers", "2", "-v")
     assert r.returncode == 0, r.stderr
-    assert "input 520 (short side)" in r.stderr  # the card's preprocessing reached the worker
+    assert r.stderr.count("input 520 (short side)") == 2  # the card's preprocessing reached both workers
+    # Converted once, by run; both workers load the converted file, not the public one.
+    assert r.stderr.count(f"converted {src} once") == 1, r.stderr
+    started = [ln for ln in r.stderr.splitlines() if "started worker" in ln]
+    assert len(started) == 2 and all("model.pt" in ln and str(src) not in ln for ln in started), started
     info = probe(out)
     assert [read_barcode(f) for f in info["frames"]] == list(range(8))
     pngs = sorted(masks.glob("*.png"))
