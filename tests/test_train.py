@@ -196,7 +196,8 @@ def test_shipped_card_matches_its_weights(name):
     assert sha256_file(weights) == card.sha256
     assert weights.stat().st_size < 10 * 2**20
     assert card.class_names == CLASS_NAMES and card.num_classes == len(CLASS_NAMES)
-    assert card.preprocess == Preprocess() and card.input_size == 320
+    # a version-1 card (no [preprocess] resize): sizes rounded to multiples of 8, as when it was written
+    assert card.preprocess == Preprocess(size_multiple=8) and card.input_size == 320
     # the checkpoint's own card agrees with the TOML (bar weights/sha256, which only the TOML knows)
     inner = ModelCard.from_dict(read_checkpoint(weights)["card"])
     assert replace(inner, name=card.name, weights=card.weights, sha256=card.sha256) == card
