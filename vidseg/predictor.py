@@ -1,7 +1,9 @@
 """The per-frame inference engine: frames in (BGR uint8), class-id masks out.
 
 Knows nothing of sockets or stages: a worker feeds it batches. Settings reach
-it already resolved (a card, a device, a precision).
+it already resolved (a card, a device, a precision). The geometry around the
+network (resize policies, letterbox, sliding windows, flips, the way back to
+the frame) is :mod:`vidseg.geometry`, shared by any runtime.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 
 from .config import PRECISIONS
 from .errors import InputError
+from .geometry import Plan, layout, plan_for, prepare, resized_size, segment, to_batch
 from .zoo import ModelCard
 
 
@@ -43,32 +46,44 @@ def resolve_device(device: str, precision: str | None):
     return dev, dtype
 
 
-def inference_size(height: int, width: int, size: int, side: str = "long") -> tuple[int, int]:
-    """(h, w) with the ``side`` ("long" or "short") equal to ``size``, aspect kept, multiples of 8."""
-    s = size / (max(height, width) if side == "long" else min(height, width))
-    h = max(8, int(round(height * s / 8)) * 8)
-    w = max(8, int(round(width * s / 8)) * 8)
-    return h, w
+def inference_size(height: int, width: int, size: int, side: str = "long", multiple: int = 8) -> tuple[int, int]:
+    """(h, w) with the ``side`` ("long" or "short") equal to ``size``, aspect kept.
+
+    ``multiple`` > 1 (the default, version-1 cards): both sides rounded to
+    multiples of it; 1: the named side exactly, the other truncated.
+    """
+    return resized_size(height, width, Plan(resize=side, size=int(size), multiple=int(multiple)))
 
 
 class Segmenter:
     """Frames in (BGR uint8), class-id masks out (uint8, frame size).
 
-    CPU: OpenCV resize + numpy normalisation, fp32 (or bf16) forward.
-    CUDA: uint8 frames staged in pinned memory and copied on a side stream,
-    resize/normalise on the GPU, half-precision forward, argmax copied back.
+    Runs the card's test-time pipeline (:func:`vidseg.geometry.plan_for`: the
+    source's resize policy, sliding windows, flips, the way back to the frame)
+    with the user's overrides. CPU: OpenCV resizes where the source uses
+    OpenCV, fp32 (or bf16) forward. CUDA: uint8 frames staged in pinned memory
+    and copied on a side stream, resize/normalise on the GPU, half-precision
+    forward, class ids copied back. The geometry lives in
+    :mod:`vidseg.geometry`; this class owns the device, the model and the staging.
     """
 
-    def __init__(self, model, card: ModelCard, *, device: str = "auto", precision: str | None = None, input_size: int | None = None):
+    def __init__(self, model, card: ModelCard, *, device: str = "auto", precision: str | None = None,
+                 input_size: int | None = None, inference: str | None = None,
+                 crop_size: tuple[int, int] | None = None, crop_stride: tuple[int, int] | None = None,
+                 flip: bool | None = None):
         import torch
 
         self.card = card
         self.device, self.dtype = resolve_device(device, precision)
-        self.input_size = int(input_size or card.input_size)
-        if self.input_size < 8:
-            raise InputError(f"--input-size {self.input_size} is too small; use at least 8")
+        self.plan = plan_for(card, input_size=input_size, inference=inference, crop=crop_size, stride=crop_stride,
+                             flip=flip)
+        #: What the card's source does, for comparison (the log says when the two differ in size).
+        self.source_plan = plan_for(card)
+        self.input_size = self.plan.size or (max(self.plan.box) if self.plan.box else None)
         self._rgb = card.preprocess.channel_order == "RGB"
-        self._a, self._b = card.preprocess.affine()
+        a, b = card.preprocess.affine()
+        self._a = torch.as_tensor(a, device=self.device)
+        self._b = torch.as_tensor(b, device=self.device)
         self.model = model.to(self.device).eval()
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
@@ -78,36 +93,29 @@ class Segmenter:
         if self.cuda:
             self._stream = torch.cuda.Stream(self.device)
             self._pinned: dict[tuple, torch.Tensor] = {}
-            self._ta = torch.as_tensor(self._a, device=self.device).view(1, 3, 1, 1)
-            self._tb = torch.as_tensor(self._b, device=self.device).view(1, 3, 1, 1)
+
+    def describe(self) -> str:
+        """What the model runs at, in words (the worker logs it)."""
+        return self.plan.describe()
+
+    def deviation(self) -> str | None:
+        """How the input size differs from what the card's source would use, or None when it does not."""
+        if self.card.random_init or self.plan.same_size_as(self.source_plan):
+            return None
+        return f"runs at {self.plan.sizing()}, not at its source's {self.source_plan.sizing()}"
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        with torch.inference_mode():
-            if self.cuda:
-                return self._run_cuda(frames)
-            return self._run_cpu(frames)
-
-    def _run_cpu(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        import cv2
-        import torch
-
         H, W = frames[0].shape[:2]
-        h, w = inference_size(H, W, self.input_size, self.card.input_side)
-        batch = np.empty((len(frames), h, w, 3), np.float32)
-        for i, f in enumerate(frames):
-            img = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (H, W) else f
-            if self._rgb:
-                img = img[..., ::-1]
-            np.multiply(img, self._a, out=batch[i], casting="unsafe")
-            batch[i] += self._b
-        # (B, H, W, C) viewed as (B, C, H, W) is already channels-last: no copy.
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-        if self.dtype != torch.float32:
-            x = x.to(self.dtype)
-        labels = self.model(x).argmax(1).to(torch.uint8).numpy()
-        return [cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST) if (h, w) != (H, W) else m for m in labels]
+        lay = layout(H, W, self.plan)
+        with torch.inference_mode():
+            x = self._stage(frames) if self.cuda else to_batch(frames)
+            x = prepare(x, lay, self.plan, self._a, self._b, self._rgb, self.dtype)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = segment(self.model, x, lay, self.plan)
+            return list(labels.cpu().numpy())
 
     def _staging(self, shape: tuple):
         import torch
@@ -118,12 +126,11 @@ class Segmenter:
             self._pinned = {shape: buf}  # one live shape: memory does not grow with streams seen
         return buf
 
-    def _run_cuda(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    def _stage(self, frames: list[np.ndarray]):
+        """The frames on the GPU as one (B, H, W, 3) uint8 tensor, copied through pinned memory on a side stream."""
         import torch
-        import torch.nn.functional as F
 
         H, W = frames[0].shape[:2]
-        h, w = inference_size(H, W, self.input_size, self.card.input_side)
         host = self._staging((len(frames), H, W, 3))
         for i, f in enumerate(frames):
             host[i].numpy()[...] = f
@@ -132,18 +139,4 @@ class Segmenter:
         cur = torch.cuda.current_stream(self.device)
         cur.wait_stream(self._stream)
         dev.record_stream(cur)
-        x = dev.permute(0, 3, 1, 2)
-        if self._rgb:
-            x = x.flip(1)
-        x = x.float()
-        if (h, w) != (H, W):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        x = (x * self._ta + self._tb).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        labels = self.model(x).argmax(1).to(torch.uint8)
-        if (h, w) != (H, W):
-            # Nearest resize by index gather: exact for class ids, any dtype.
-            iy = (torch.arange(H, device=self.device) * h // H).clamp_(max=h - 1)
-            ix = (torch.arange(W, device=self.device) * w // W).clamp_(max=w - 1)
-            labels = labels[:, iy][:, :, ix]
-        out = labels.cpu().numpy()
-        return list(out)
+        return dev
