@@ -13,7 +13,8 @@ from vidseg.launch import RunPlan, stage_commands, to_args
 PLAN = RunPlan(
     source=SourceConfig(sources=("a.mp4", "b.mp4"), mode="live", fps=12.5),
     model=ModelConfig(model="ccnet", backbone="resnet50", num_classes=7, input_size=96, device="cpu", precision="bf16",
-                      width_mult=0.25, arch=(("output_stride", 16), ("multi_grid", (1, 2, 4)), ("stem", "mmseg"))),
+                      width_mult=0.25, arch=(("output_stride", 16), ("multi_grid", (1, 2, 4)), ("stem", "mmseg")),
+                      inference="slide", crop_size=(48, 64), crop_stride=(32, 40), flip=True),
     batch=BatchConfig(batch=3, max_wait=0.02),
     output=OutputConfig(output=("o-{name}.mp4",), masks=("m-{stream}",), alpha=0.2, crf=30, preset="ultrafast", preview=False),
     flow=FlowConfig(window=9, credits=5, heartbeat=0.25, worker_timeout=1.5, peer_timeout=7.0, connect_timeout=8.0,
@@ -60,5 +61,7 @@ def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
 
 def test_to_args_leaves_unset_fields_to_the_stage_default():
     assert to_args(ModelConfig()) == ["--device", "auto"]
+    # a (height, width) pair is one HxW value, as a user types it
+    assert to_args(ModelConfig(crop_size=(512, 1024), flip=False))[2:] == ["--crop-size", "512x1024", "--no-flip"]
     assert to_args(OutputConfig(output=("a.mp4", "b.mp4"), preview=True))[:4] == ["--output", "a.mp4", "--output", "b.mp4"]
     assert "--preview" in to_args(OutputConfig(preview=True)) and "--no-preview" in to_args(OutputConfig())

@@ -17,6 +17,24 @@ from .errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODES = ("lossless", "live")
+INFERENCE_MODES = ("whole", "slide")
+
+
+def parse_hw(value: Any, what: str = "--crop-size") -> tuple[int, int]:
+    """``"769"``, ``"512x1024"`` (height x width) or ``[512, 1024]`` -> ``(512, 1024)``."""
+    if isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = str(value).lower().replace("\u00d7", "x").split("x")
+    try:
+        hw = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or not all(1 <= v <= 16384 for v in hw):
+        raise InputError(f"{what} {value!r} is not a size; give HEIGHTxWIDTH or one number, e.g. 769x769")
+    return hw  # type: ignore[return-value]
 
 
 def parse_arch(items: Any) -> tuple[tuple[str, Any], ...]:
@@ -53,7 +71,11 @@ class ModelConfig:
     device: str = "auto"
     precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU (vidseg.predictor.default_precision)
     width_mult: float | None = None
-    arch: tuple[tuple[str, Any], ...] = ()  # extra builder kwargs for a model without a card
+    arch: tuple[tuple[str, Any], ...] = ()  # extra builder kwargs; with a public checkpoint, what the file cannot tell
+    inference: str | None = None  # whole or slide; None: the card's (its source's)
+    crop_size: tuple[int, int] | None = field(default=None, metadata={"join": "x"})  # slide window (H, W)
+    crop_stride: tuple[int, int] | None = field(default=None, metadata={"join": "x"})  # slide step (H, W)
+    flip: bool | None = None  # average with the horizontally flipped frame; None: the card's
 
     def builder_arch(self) -> dict[str, Any]:
         """Builder keyword arguments from ``--arch`` and ``--width-mult``."""

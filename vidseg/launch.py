@@ -27,7 +27,8 @@ def to_args(cfg: Any) -> list[str]:
     """A config dataclass as command-line flags: ``--field-name value`` for every field that is set.
 
     None is left out (the stage's default applies, which is the same
-    dataclass default); tuples repeat their flag; booleans become
+    dataclass default); tuples repeat their flag, or are joined into one value
+    where the field's metadata names a ``join`` (``--crop-size 512x1024``); booleans become
     ``--x``/``--no-x``; ``arch`` pairs become ``KEY=VALUE`` with Python literals.
     """
     args: list[str] = []
@@ -40,6 +41,8 @@ def to_args(cfg: Any) -> list[str]:
             args.append(flag if value else "--no-" + flag[2:])
         elif f.name == "arch":
             args += [a for k, v in value for a in ("--arch", f"{k}={v!r}")]
+        elif "join" in f.metadata:
+            args += [flag, f.metadata["join"].join(str(v) for v in value)]
         elif isinstance(value, tuple):
             args += [a for item in value for a in (flag, str(item))]
         else:

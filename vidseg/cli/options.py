@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from ..config import MODES, PRECISIONS, BatchConfig, CurveConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, load_config_file, parse_arch
+from ..config import INFERENCE_MODES, MODES, PRECISIONS, BatchConfig, CurveConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, load_config_file, parse_arch, parse_hw
 from ..errors import VidsegError
 
 T = TypeVar("T")
@@ -35,6 +35,16 @@ def _backbone_help() -> str:
     return f"Backbone: {', '.join(all_backbones())}. [default: the model's]"
 
 
+def _hw_option(ctx: click.Context, param: click.Parameter, value: Any):
+    """--crop-size / --crop-stride: HEIGHTxWIDTH or one number, parsed once (a recipe may give a list)."""
+    if value is None:
+        return None
+    try:
+        return parse_hw(value, "--" + param.name.replace("_", "-"))
+    except VidsegError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 model_options = compose(
     click.option("--model", "-m", default=None, help="Architecture (ccnet, deeplabv3plus, deeplabv3) or a zoo model name. [default: deeplabv3plus]"),
     click.option("--backbone", default=None, help=_backbone_help()),
@@ -44,7 +54,11 @@ model_options = compose(
     click.option("--device", default=ModelConfig.device, show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision. [default: fp16 on CUDA, fp32 on CPU]"),
     click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True, help="Channel width multiplier for random-init models (tests, quick trials)."),
-    click.option("--arch", multiple=True, metavar="KEY=VALUE", help="Extra builder argument for a model without a card (e.g. output_stride=8)."),
+    click.option("--arch", multiple=True, metavar="KEY=VALUE", help="Extra builder argument for a model without a card (e.g. output_stride=8); with a public checkpoint, what the file cannot tell (output_stride, align_corners)."),
+    click.option("--inference", type=click.Choice(INFERENCE_MODES), default=None, help="whole: one forward per frame; slide: overlapping --crop-size windows, logits averaged. [default: the card's, as its source evaluates]"),
+    click.option("--crop-size", callback=_hw_option, default=None, metavar="HxW", help="Sliding window, e.g. 769x769 or 512x1024. [default: the card's]"),
+    click.option("--crop-stride", callback=_hw_option, default=None, metavar="HxW", help="Sliding window step. [default: the card's, or two thirds of the window]"),
+    click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped frame. [default: the card's]"),
 )
 
 batch_options = compose(

@@ -98,10 +98,13 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
         torch.set_num_threads(threads)
     mcfg = config_of(ModelConfig, kw)
     model, card = load_model(mcfg)
-    seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size)
+    seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
+                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
     log = logging.getLogger("vidseg.worker")
-    log.info("%s on %s (%s), input %d (%s side)", card.name, seg.device, str(seg.dtype).replace("torch.", ""),
-             seg.input_size, card.input_side)
+    log.info("%s on %s (%s), input: %s", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.describe())
+    if (note := seg.deviation()) is not None:
+        log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
+                 mcfg.input_size)
     res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
                             batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw)))
     log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
