@@ -468,3 +468,109 @@ def check_ccnet(model: torch.nn.Module, sd: dict, x: torch.Tensor, feats: torch.
         got = model.head(feats, 2)
     assert close(got, ref)
 
+
+
+def ccnet_forward(x: torch.Tensor, sd: dict, *, stem: Sequence[tuple[str, str]], prefix: str, norm: Norm,
+                  ceil_mode: bool, contract: bool, head: dict[str, str], norm_act: Norm,
+                  align_corners: bool) -> torch.Tensor:
+    """A whole CCNet: deep stem and layer1 (:func:`ccnet_layer1`), layer2 strided, layer3 and layer4 dilated 2 and
+    4 (output stride 8; ``contract``: the first block of a dilated stage at half the dilation, as mmseg's
+    ResNetV1c; the official ResNet dilates it fully), the RCCA head, logits upsampled to the input."""
+    y = ccnet_layer1(x, sd, stem, f"{prefix}layer1", norm, ceil_mode)
+    for li, stride, dilation in ((2, 2, 1), (3, 1, 2), (4, 1, 4)):
+        for b in range(blocks_in(sd, f"{prefix}layer{li}.")):
+            d = dilation // 2 if contract and b == 0 and dilation > 1 else dilation
+            y = bottleneck(y, sd, f"{prefix}layer{li}.{b}", norm, stride if b == 0 else 1, d)
+    return up(ccnet_head(y, sd, head, norm_act), x.shape[2:], align_corners)
+
+
+# ----------------------------------------------------------------- the source's own masks against `vidseg run`
+
+
+def scene_frame(width: int = 640, height: int = 480, seed: int = 11):
+    """A real-content BGR frame: a generated scene (textured, lit, noisy objects over a textured background)."""
+    from vidseg.scenes import SceneConfig, generate_scene
+
+    return next(generate_scene(SceneConfig(width=width, height=height, num_frames=1, seed=seed)))[0]
+
+
+def balance_classes(sd: dict, conv: str, logits: torch.Tensor) -> dict:
+    """``sd`` with its 1x1 classifier ``conv`` rescaled so that, on the frame ``logits`` (C, H, W) came from, every
+    class's logit has mean 0 and standard deviation 1 - exactly, since the classifier is linear and so is every
+    upsampling after it. Random weights otherwise give one class nearly everywhere, and a pixel agreement
+    between two such masks would say nothing."""
+    mean, std = logits.mean((1, 2)), logits.std((1, 2)).clamp_min(1e-6)
+    out = dict(sd)
+    out[f"{conv}.weight"] = sd[f"{conv}.weight"] / std.view(-1, 1, 1, 1)
+    out[f"{conv}.bias"] = (sd[f"{conv}.bias"] - mean) / std
+    return out
+
+
+def run_masks(weights: Path, frame, folder: Path, *flags: str):
+    """``vidseg run --weights FILE`` (real processes) on ``frame`` written as a PNG: ``(mask, stderr)``.
+
+    Nothing but the file, the frame and ``flags`` (none for "no size flag"): what the card says is what runs.
+    """
+    import cv2
+
+    from conftest import vidseg
+
+    frames, masks = folder / "frames", folder / "masks"
+    frames.mkdir(parents=True)
+    assert cv2.imwrite(str(frames / "000000.png"), frame)  # lossless: the reference reads the same pixels
+    r = vidseg("run", "--source", str(frames / "*.png"), "--weights", str(weights), "--masks", str(masks),
+               "--device", "cpu", "-v", *flags)
+    assert r.returncode == 0, r.stderr
+    (png,) = sorted(masks.glob("*.png"))
+    return cv2.imread(str(png), cv2.IMREAD_UNCHANGED), r.stderr
+
+
+def bgr_to_pil(frame):
+    """The frame as the PIL-based sources open an image file: ``Image.open(path).convert('RGB')``."""
+    from PIL import Image
+
+    return Image.fromarray(frame[:, :, ::-1].copy(), "RGB")
+
+
+def imagenet_tensor(rgb_uint8) -> torch.Tensor:
+    """torchvision's ``ToTensor`` + ``Normalize(ImageNet)`` on an RGB uint8 array: ``x / 255``, ``(x - mean) / std``."""
+    import numpy as np
+
+    x = torch.from_numpy(np.array(rgb_uint8, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    return ((x - mean) / std)[None]
+
+
+def nearest_to(labels: torch.Tensor, size) -> torch.Tensor:
+    """(h, w) class ids -> ``size`` = (H, W), nearest neighbour (``F.interpolate(mode='nearest')``)."""
+    return F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest")[0, 0].to(torch.uint8)
+
+
+def assert_source_masks(label: str, got, ref_scores: torch.Tensor, *, identical: bool = False,
+                        min_agreement: float = 0.995) -> float:
+    """``vidseg run``'s mask against the source's own: its class scores at the frame's size, (C, H, W).
+
+    ``identical``: the operations are the same as the source's (up to float rounding in the normalisation), so
+    every pixel must agree except where the source's own top two scores are within float noise. Otherwise at
+    least ``min_agreement`` of the pixels. The source's mask must itself be a segmentation (several classes
+    with a real share of the frame), or agreement would say nothing. Returns the agreement.
+    """
+    import numpy as np
+
+    ref = ref_scores.argmax(0).to(torch.uint8).numpy()
+    assert got.shape == ref.shape and got.dtype == np.uint8, (got.shape, ref.shape)
+    shares = np.bincount(ref.ravel(), minlength=ref_scores.shape[0]) / ref.size
+    assert (shares > 0.02).sum() >= 3 and shares.max() < 0.9, f"{label}: the source's mask is degenerate: {shares}"
+    same = got == ref
+    agree = float(same.mean())
+    top2 = ref_scores.topk(2, dim=0).values
+    margin = (top2[0] - top2[1]).numpy()
+    noise = 1e-4 * float(ref_scores.abs().max())
+    near = int((margin <= noise).sum())
+    print(f"{label}: pixel agreement {agree * 100:.3f}% ({int((~same).sum())} of {ref.size} differ; "
+          f"{near} within float noise of a tie)")
+    if identical:
+        assert same[margin > noise].all(), f"{label}: {int((~same[margin > noise]).sum())} pixels differ"
+    assert agree >= min_agreement, f"{label}: {agree:.4%} < {min_agreement:.1%}"
+    return agree

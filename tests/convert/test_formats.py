@@ -88,10 +88,44 @@ def test_arch_flags_agreeing_with_the_checkpoint_pass_and_others_fail(files):
     obj = torch.load(files(TV_R50), map_location="cpu", weights_only=True)
     card, _ = detect_and_convert(obj, model_cfg(arch=(("output_stride", 8),)))
     assert card.arch["output_stride"] == 8
+    # torchvision's ResNets are OS8: the file tells, so another stride contradicts it
+    with pytest.raises(InputError, match=r"contradict.*output_stride=16 \(card: 8\)"):
+        detect_and_convert(obj, model_cfg(arch=(("output_stride", 16),)))
+    # VainF's files cannot tell the stride they were trained at: --arch output_stride=8 is taken and recorded
     vainf = torch.load(files(VAINF_R50), map_location="cpu", weights_only=True)
-    card, _ = convert(vainf, "vainf")
-    with pytest.raises(InputError, match="contradict.*output_stride=8"):
-        detect_and_convert(vainf, model_cfg(arch=(("output_stride", 8),)))
+    assert convert(vainf, "vainf")[0].arch["output_stride"] == 16
+    card, _ = detect_and_convert(vainf, model_cfg(arch=(("output_stride", 8),), weights="vainf.pth"))
+    assert card.arch["output_stride"] == 8 and "output_stride=8 from --arch" in card.description
+    card, _ = detect_and_convert(vainf, model_cfg(arch=(("align_corners", True),)))
+    assert card.align_corners is True
+    # what the file and its source fix cannot be changed alongside --weights
+    with pytest.raises(InputError, match=r"--arch multi_grid does not apply to a vainf checkpoint.*only "
+                                         r"output_stride and align_corners"):
+        detect_and_convert(vainf, model_cfg(arch=(("multi_grid", (1, 2, 4)),)))
+    with pytest.raises(InputError, match=r"contradict.*decoder_convs=2 \(card: 1\)"):
+        detect_and_convert(vainf, model_cfg(arch=(("decoder_convs", 2),)))
+    for bad, match in ((("output_stride", 4), "must be 8 or 16"), (("align_corners", "yes"), "True or False")):
+        with pytest.raises(InputError, match=match):
+            detect_and_convert(vainf, model_cfg(arch=(bad,)))
+
+
+def test_run_takes_output_stride_8_with_a_public_file_and_the_workers_get_it(files, tmp_path):
+    """`vidseg run --weights <VainF file> --arch output_stride=8`: converted once at OS8 (recorded in the card the
+    workers load), where 'weights import --output-stride 8' was the only way before; and the log says when
+    --input-size makes the model run at another size than its source would."""
+    from conftest import make_clip
+
+    clip = make_clip(tmp_path / "in.mp4", frames=2, width=64, height=48)
+    r = vidseg("run", "--source", str(clip), "--weights", str(files(VAINF_MBV2)), "--arch", "output_stride=8",
+               "--input-size", "32", "--masks", str(tmp_path / "m"), "--device", "cpu", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "output_stride=8 from --arch" in r.stderr and len(list((tmp_path / "m").glob("*.png"))) == 2
+    # --input-size is the user's choice for speed; the worker says it is not what the source does
+    assert ("the model runs at long side 32 (OpenCV bilinear), not at its source's native size (--input-size 32); "
+            "its masks will differ from the source's own") in r.stderr
+    bad = vidseg("run", "--source", str(clip), "--weights", str(files(TV_MBV3)), "--arch", "output_stride=8",
+                 "--masks", str(tmp_path / "m2"), "--device", "cpu")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "output_stride=8 (card: 16)" in bad.stderr
 
 
 # ------------------------------------------------------------------------ import, load, run
@@ -173,8 +207,8 @@ def test_flag_contradicting_the_checkpoint_is_an_error(files, tmp_path):
     with pytest.raises(InputError, match="--width-mult"):
         load_model(model_cfg(weights=str(src), width_mult=0.5))
     if "arch" in {f.name for f in dataclasses.fields(ModelConfig)}:
-        with pytest.raises(InputError, match=r"output_stride=8 \(card: 16\)"):
-            load_model(model_cfg(weights=str(src), arch=(("output_stride", 8),)))
+        with pytest.raises(InputError, match=r"decoder_convs=2 \(card: 1\)"):
+            load_model(model_cfg(weights=str(src), arch=(("decoder_convs", 2),)))
     with pytest.raises(InputError, match=r"19 classes.*--num-classes 21"):
         import_checkpoint(str(src), str(tmp_path / "x.pt"), num_classes=21)
     assert load_model(model_cfg(weights=str(src), num_classes=19))[1].num_classes == 19

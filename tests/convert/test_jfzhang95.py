@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from ckpt_check import (
     MBV2_FLAT,
     MBV2_SETTINGS,
     assert_matches_summary,
+    assert_source_masks,
+    balance_classes,
+    bgr_to_pil,
     bn,
     bn_shape,
     conv_shape,
@@ -37,6 +41,8 @@ from ckpt_check import (
     random_value,
     resnet,
     resnet_shapes,
+    run_masks,
+    scene_frame,
     summary_numbers,
     up,
     variant,
@@ -376,3 +382,35 @@ def test_cli_imports_jfzhang95(sources, tmp_path):
     assert "deeplabv3plus/mobilenetv2, 21 classes (background, aeroplane" in r.output
     assert "dilation_rule=jfzhang95" in r.output and "output_stride=8" in r.output
     assert "align_corners=True" in r.output and "jfzhang95" in r.output
+
+
+def test_run_gives_jfzhang95s_own_masks(sources, tmp_path):
+    """``vidseg run --weights <jfzhang95 file>`` with no size flag against its validation transform written out
+    here: ``FixScaleCrop(513)`` - the SHORTER side to 513, the other ``int(1.0 * w * 513 / h)``, PIL BILINEAR
+    (its centre crop left out: a mask covers the whole frame) - then ``Normalize`` (``/ 255``, ``- mean``,
+    ``/ std`` on the float32 array) and the argmax, brought to the frame by nearest neighbour."""
+    from PIL import Image
+
+    frame = scene_frame()
+    img = bgr_to_pil(frame)
+    w, h = img.size
+    oh, ow = (513, int(1.0 * w * 513 / h)) if w > h else (int(1.0 * h * 513 / w), 513)
+    arr = np.array(img.resize((ow, oh), Image.BILINEAR)).astype(np.float32)
+    arr /= 255.0
+    arr -= IMAGENET_MEAN
+    arr /= IMAGENET_STD
+    x = torch.from_numpy(arr.transpose(2, 0, 1).copy())[None]
+
+    def predict(sd):
+        with torch.inference_mode():
+            return _jf_deeplab(x, sd, "mobilenet")[0][0]
+
+    sd = sources("mobilenet")[0]
+    sd = balance_classes(sd, "decoder.last_conv.8", predict(sd))
+    src = tmp_path / "deeplab-mobilenet.pth.tar"
+    torch.save(_jf_file(sd, module=True), src)
+    ref = predict(sd)
+    got, log = run_masks(src, frame, tmp_path)
+    assert (ow, oh) == (684, 513) and "input: short side 513 (PIL bilinear)" in log
+    ref_frame = F.interpolate(ref[None], size=frame.shape[:2], mode="nearest")[0]
+    assert_source_masks("jfzhang95 mobilenetv2, short side 513", got, ref_frame)

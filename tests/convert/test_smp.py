@@ -14,6 +14,7 @@ vidseg network.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ from ckpt_check import (
     MBV2_NESTED,
     MBV2_SETTINGS,
     assert_matches_summary,
+    assert_source_masks,
+    balance_classes,
     bn,
     bn_shape,
     conv_shape,
@@ -38,6 +41,8 @@ from ckpt_check import (
     random_state,
     resnet,
     resnet_shapes,
+    run_masks,
+    scene_frame,
     summary_numbers,
     variant,
     within,
@@ -351,3 +356,27 @@ def test_cli_imports_smp(sources, tmp_path):
     assert "head=smp" in r.output and "dilation_rule=smp" in r.output and "last_conv=True" in r.output
     assert "output_stride=8" in r.output and "align_corners=True" in r.output
     assert "segmentation_models_pytorch" in r.output
+
+
+def test_run_gives_smps_own_masks(sources, tmp_path):
+    """``vidseg run --weights <smp file>`` with no size flag against smp as its users run it, written out here:
+    the RGB image at its size (640x480: divisible by the output stride, as smp's ``check_input_shape`` wants),
+    ``get_preprocessing_fn`` (``preprocess_input``: ``x / 255``, ``- mean``, ``/ std`` in float64), the model,
+    the argmax."""
+    frame = scene_frame()
+    rgb = frame[:, :, ::-1].astype(np.float64)
+    arr = (rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    x = torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32).copy())[None]
+
+    def predict(sd):
+        with torch.inference_mode():
+            return _smp_deeplab(x, sd, "mobilenet_v2")[0][0]
+
+    sd = sources("mobilenet_v2")[0]
+    sd = balance_classes(sd, "segmentation_head.0", predict(sd))
+    src = tmp_path / "deeplabv3plus-mobilenet_v2.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, src)
+    ref = predict(sd)
+    got, log = run_masks(src, frame, tmp_path)
+    assert "input: native size; whole image" in log
+    assert_source_masks("smp mobilenet_v2, native 640x480", got, ref, identical=True)

@@ -6,11 +6,27 @@ the converted network; a torchvision file also runs end to end as --weights.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ckpt_check import assert_preprocessing, bn, close, converted, resnet, source_state, tv_head, tv_resnet_plan
+from ckpt_check import (
+    assert_preprocessing,
+    assert_source_masks,
+    balance_classes,
+    bgr_to_pil,
+    bn,
+    close,
+    converted,
+    imagenet_tensor,
+    resnet,
+    run_masks,
+    scene_frame,
+    source_state,
+    tv_head,
+    tv_resnet_plan,
+)
 from vidseg.convert import convert
 from vidseg.errors import InputError
 
@@ -114,7 +130,7 @@ def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
     r = vidseg("run", "--source", str(clip), "--weights", str(src), "--output", str(out), "--masks", str(masks),
                "--alpha", "0.2", "--workers", "2", "-v")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("input 520 (short side)") == 2  # the card's preprocessing reached both workers
+    assert r.stderr.count("input: short side 520 (PIL bilinear)") == 2  # the card's pipeline reached both workers
     # Converted once, by run; both workers load the converted file, not the public one.
     assert r.stderr.count(f"converted {src} once") == 1, r.stderr
     started = [ln for ln in r.stderr.splitlines() if "started worker" in ln]
@@ -125,3 +141,40 @@ def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
     assert len(pngs) == 8
     m = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
     assert m.shape == (64, 96) and m.max() < 21  # class ids of the 21 VOC classes
+
+
+def test_run_gives_torchvisions_own_masks(files, tmp_path):
+    """``vidseg run --weights <torchvision file>`` with no size flag against the weights' own ``transforms()``
+    (``SemanticSegmentation(resize_size=520)``) written out here: the PIL image's SHORTER side resized to 520 and
+    the other to ``int(520 * long / short)`` (693 for 640x480, not rounded to a multiple of 8) with PIL's
+    bilinear, ``pil_to_tensor``, ``/ 255``, ``normalize``; ``model(x)['out']``; its argmax, brought to the
+    frame's size by nearest neighbour."""
+    from PIL import Image
+
+    frame = scene_frame()
+    img = bgr_to_pil(frame)
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_short, new_long = 520, int(520 * long / short)
+    size = (new_long, new_short) if w > h else (new_short, new_long)
+    assert size == (693, 520)
+    x = imagenet_tensor(np.asarray(img.resize(size, Image.BILINEAR)))
+
+    def predict(sd, inp=x):
+        with torch.inference_mode():
+            return tv_head(_tv_mobilenet_v3(inp, sd)[1], sd, inp.shape[-2:])[0]
+
+    sd = balance_classes(source_state(files(MBV3)), "classifier.4", predict(source_state(files(MBV3))))
+    src = tmp_path / "deeplabv3_mobilenet_v3_large.pth"
+    torch.save(sd, src)
+    ref = predict(sd)
+    got, log = run_masks(src, frame, tmp_path)
+    assert "input: short side 520 (PIL bilinear)" in log
+    ref_frame = F.interpolate(ref[None], size=frame.shape[:2], mode="nearest")[0]
+    agree = assert_source_masks("torchvision mobilenetv3, short side 520", got, ref_frame)
+    # The check can tell: the 696 px the version-1 cards ran at (multiples of 8) gives many more wrong pixels.
+    legacy = predict(sd, imagenet_tensor(np.asarray(img.resize((696, 520), Image.BILINEAR))))
+    legacy = F.interpolate(legacy[None], size=frame.shape[:2], mode="nearest")[0].argmax(0).numpy()
+    legacy_agree = float((legacy == ref_frame.argmax(0).numpy()).mean())
+    print(f"  at 696x520 (version-1 rounding) instead: {legacy_agree * 100:.2f}% agreement")
+    assert 1 - legacy_agree > 3 * (1 - agree)

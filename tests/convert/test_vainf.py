@@ -20,19 +20,25 @@ from ckpt_check import (
     MBV2_NESTED,
     MBV2_SETTINGS,
     assert_preprocessing,
+    assert_source_masks,
+    balance_classes,
     bn,
     converted,
+    imagenet_tensor,
     inverted_residual,
     load,
     max_diff,
     read_tsv,
     resnet,
+    run_masks,
+    scene_frame,
     source_state,
     tsv_state,
     tv_aspp,
     tv_head,
     tv_resnet_plan,
     up,
+    wrap,
 )
 from vidseg.convert import convert, import_checkpoint
 from vidseg.errors import InputError
@@ -277,3 +283,28 @@ def test_vainf_deeplabv3_imports_exactly(stem, in_ch, tmp_path):
     max_diff(got, ref)  # asserts within 1e-4 of the largest logit
     with pytest.raises(InputError, match="no auxiliary head"):
         convert({"model_state": sd}, "vainf", aux=True)
+
+
+# ----------------------------------------------------------------- the source's own masks
+
+
+def test_run_gives_vainfs_own_masks(files, tmp_path):
+    """``vidseg run --weights <VainF file>`` with no size flag against VainF's ``predict.py`` written out here:
+    ``Image.open(path).convert('RGB')``, no ``--crop_val`` so no resize, ``ToTensor`` + ``Normalize``, the
+    argmax of the logits (already at the input size)."""
+    frame = scene_frame()  # 640x480, real content
+    x = imagenet_tensor(frame[:, :, ::-1])
+
+    def predict(sd):
+        with torch.inference_mode():
+            low, high = _vainf_mobilenet(x, sd)
+            return _vainf_head(sd, low, high, (6, 12, 18), x.shape[2:])[0]
+
+    sd = source_state(files(MBV2))
+    sd = balance_classes(sd, "classifier.classifier.3", predict(sd))
+    src = tmp_path / "vainf-mobilenet.pth"
+    torch.save(wrap(MBV2, sd), src)
+    ref = predict(sd)
+    got, log = run_masks(src, frame, tmp_path)
+    assert "input: native size; whole image" in log
+    assert_source_masks("vainf mobilenetv2, native 640x480", got, ref, identical=True)

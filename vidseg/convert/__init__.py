@@ -140,28 +140,57 @@ def convert(
     return card, _finish(card, out)
 
 
+#: ``--arch`` keys a public file cannot tell, taken alongside ``--weights`` and recorded in the card.
+FILE_CANNOT_TELL = ("output_stride", "align_corners")
+
+
 def detect_and_convert(obj: Any, cfg) -> tuple[ModelCard, dict] | None:
     """Hook for ``--weights FILE`` (see :func:`vidseg.zoo.resolve_card`).
 
     None when ``obj`` is no known public format (it is then loaded as a plain
     state dict); otherwise the converted card and state, honouring
-    ``cfg.num_classes`` (a contradiction is an InputError naming both numbers).
+    ``cfg.num_classes`` (a contradiction is an InputError naming both numbers)
+    and, from ``cfg.arch``, what the file cannot tell (:data:`FILE_CANNOT_TELL`:
+    ``output_stride=8`` for a DeepLabV3+ trained at stride 8, ``align_corners``
+    for an mmseg 769x769 model), recorded in the card. An ``--arch`` value that
+    contradicts what the file does tell, or one its source does not vary, is an error.
     """
     fmt = detect_format(obj)
     if fmt is None:
         return None
     if getattr(cfg, "width_mult", None) not in (None, 1, 1.0):
         raise InputError(f"--width-mult applies to randomly initialised models; {fmt} checkpoints are full width - drop it")
-    card, state = convert(obj, fmt, num_classes=getattr(cfg, "num_classes", None))
+
     def norm(v: Any) -> Any:  # --arch and TOML give lists where cards hold tuples
         return tuple(v) if isinstance(v, list) else v
 
-    clashes = [f"{k}={v!r} (card: {card.arch[k]!r})" for k, v in dict(getattr(cfg, "arch", ()) or ()).items()
-               if k in card.arch and norm(card.arch[k]) != norm(v)]
+    arch = {k: norm(v) for k, v in dict(getattr(cfg, "arch", ()) or ()).items()}
+    stride, corners = arch.pop("output_stride", None), arch.pop("align_corners", None)
+    if stride is not None and (isinstance(stride, bool) or stride not in (8, 16)):
+        raise InputError(f"--arch output_stride={stride!r}: output stride must be 8 or 16")
+    if corners is not None and not isinstance(corners, bool):
+        raise InputError(f"--arch align_corners={corners!r}: give True or False")
+    # A source whose stride the file fixes is converted as it is; a different --arch value is a contradiction below.
+    fixed = bool(_BY_NAME[fmt].fixed_stride)
+    card, state = convert(obj, fmt, num_classes=getattr(cfg, "num_classes", None), align_corners=corners,
+                          output_stride=None if fixed else stride)
+    if stride is not None:
+        arch["output_stride"] = stride
+    clashes = [f"{k}={v!r} (card: {norm(card.arch[k])!r})" for k, v in arch.items()
+               if k in card.arch and norm(card.arch[k]) != v]
     if clashes:
         raise InputError(f"flags contradict the {fmt} checkpoint: {', '.join(clashes)}; drop them, the checkpoint decides")
+    foreign = sorted(k for k in arch if k not in card.arch)
+    if foreign:
+        raise InputError(
+            f"--arch {', '.join(foreign)} does not apply to a {fmt} checkpoint: its file and source fix the network "
+            f"({', '.join(f'{k}={v!r}' for k, v in sorted(card.arch.items()))}); only "
+            f"{' and '.join(FILE_CANNOT_TELL)} may be given with --weights"
+        )
+    told = [f"{k}={v!r}" for k, v in (("output_stride", stride), ("align_corners", corners)) if v is not None]
     if getattr(cfg, "weights", None):
-        card = replace(card, name=Path(cfg.weights).stem, description=f"{card.description}; from {cfg.weights}")
+        extra = f"; {', '.join(told)} from --arch" if told else ""
+        card = replace(card, name=Path(cfg.weights).stem, description=f"{card.description}{extra}; from {cfg.weights}")
     return card, state
 
 
@@ -222,15 +251,21 @@ def import_checkpoint(
 
 def card_summary(card: ModelCard) -> str:
     """A few lines describing ``card`` for humans."""
+    from ..geometry import plan_for
+
     pp = card.preprocess
     scale = "1/255" if abs(pp.scale - 1 / 255) < 1e-12 else f"{pp.scale:g}"
     names = ", ".join(card.class_names[:6]) + (", ..." if card.num_classes > 6 else "")
     arch = ", ".join(f"{k}={v}" for k, v in sorted(card.arch.items())) or "defaults"
+    plan = plan_for(card)
+    slide = (f"; --inference slide: {pp.crop[0]}x{pp.crop[1]} windows every {plan.stride[0]}x{plan.stride[1]}"
+             if pp.crop and pp.inference == "whole" else "")
     lines = [
         f"{card.weights or card.name}: {card.architecture}/{card.backbone}, {card.num_classes} classes ({names})",
-        f"  arch: {arch}; align_corners={card.align_corners}; input size {card.input_size} ({card.input_side}er side)",
+        f"  arch: {arch}; align_corners={card.align_corners}",
         f"  preprocess: {pp.channel_order}, x*{scale}, mean {tuple(round(m, 4) for m in pp.mean)}, "
         f"std {tuple(round(s, 4) for s in pp.std)}",
+        f"  test time: {plan.describe()}{slide}",
         f"  {card.description}",
     ]
     if card.sha256:

@@ -13,7 +13,8 @@ from ..errors import InputError
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD, ModelCard, Preprocess, load_state_strict
 
 # Preprocessing of the sources' training pipelines.
-CAFFE_MEAN_BGR = (104.01, 116.67, 122.68)
+# The official CCNet's IMG_MEAN (evaluate.py, train.py), exactly: the Caffe ImageNet mean in BGR.
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 MMSEG_MEAN = (123.675, 116.28, 103.53)
 MMSEG_STD = (58.395, 57.12, 57.375)
 # torchvision-style ImageNet normalisation of RGB in [0, 1]: VainF, torchvision, jfzhang95, smp.
@@ -129,6 +130,7 @@ def _classes(num_classes: int, meta: dict | None = None) -> tuple[tuple[str, ...
 
 
 def _input_size(num_classes: int, default: int = 512) -> int:
+    """The version-1 card's long side (what vidseg before card version 2 runs a native-size import at)."""
     # Cityscapes models are evaluated on whole 2048x1024 frames; objects must keep that scale.
     return 2048 if num_classes == 19 else default
 

@@ -17,8 +17,13 @@ Its head convs carry biases: vidseg's are bias-free with a BN after them, so
 each bias is folded into that BN's running_mean. It concatenates
 [ASPP, low-level] where vidseg (and VainF) use [low-level, ASPP]: the input
 channels of ``cat_conv.0`` are permuted. Preprocessing: RGB in [0, 1], no
-mean/std; align_corners True. It was trained on 512x512 letterboxed inputs
-(grey 128 borders); vidseg resizes without letterbox.
+mean/std; align_corners True.
+
+Test-time pipeline (its ``deeplab.py`` ``detect_image``/``get_miou_png``):
+the RGB frame resized with PIL's BICUBIC by ``min(512/w, 512/h)`` (sizes
+truncated) and pasted centred on a 512x512 grey (128) canvas; softmax of the
+logits, the grey borders cut off, the probabilities resized back to the frame
+with ``cv2.resize`` (bilinear), argmax.
 """
 from __future__ import annotations
 
@@ -108,9 +113,10 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
     arch = {"decoder_convs": 2, "output_stride": int(output_stride or 16)}
     card = _card(
         NAME, SOURCE, "deeplabv3plus", backbone, n, arch=arch,
-        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        preprocess=Preprocess(channel_order="RGB", scale=1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                              resize="letterbox", box=(512, 512), fill=128, interpolation="bicubic-aa",
+                              resize_back="probs"),
         align_corners=True, input_size=512, meta=meta,
-        note="trained on 512x512 letterboxed inputs (grey 128 borders); vidseg resizes without letterbox",
     )
     return card, out
 

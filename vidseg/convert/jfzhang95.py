@@ -34,12 +34,19 @@ its aligned Xception takes ``relu(block1)`` as the low-level feature and
 dilates the exit flow twice as much. The card records the options that build
 each (see :mod:`vidseg.nets.deeplabv3plus`); output stride 16 unless
 ``--output-stride 8``, as for VainF. Preprocessing: ImageNet mean/std on RGB
-in [0, 1]; align_corners True; its VOC evaluation resizes the SHORTER side to
-513 (FixScaleCrop).
+in [0, 1]; align_corners True.
+
+Test-time pipeline (its validation transform, ``FixScaleCrop(crop_size=513)``
+for VOC and Cityscapes alike, ``--crop-size`` defaulting to 513): the SHORTER
+side resized to 513, the other to ``int(w * 513 / h)``, PIL BILINEAR; then a
+513x513 centre crop, which vidseg leaves out (a mask must cover the whole
+frame); ``Normalize`` (/255, minus mean, over std); argmax at that size
+(vidseg resizes the class ids back to the frame, nearest).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -50,7 +57,6 @@ from ._common import (
     _blocks,
     _card,
     _has,
-    _input_size,
     _need,
     _nested_mbv2,
     _num_classes,
@@ -175,9 +181,10 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
     out["classifier.classifier.0.weight"] = torch.cat([w[:, high:], w[:, :high]], dim=1)
     arch.update(decoder_convs=2, output_stride=int(output_stride or 16))
     card = _card(
-        NAME, SOURCE, "deeplabv3plus", backbone, n, arch=arch, preprocess=IMAGENET_RGB,
-        # 513: its VOC crop size; its evaluation resizes the SHORTER side to it (FixScaleCrop).
-        align_corners=True, input_size=_input_size(n, 513), input_side="long" if n == 19 else "short", meta=meta,
+        NAME, SOURCE, "deeplabv3plus", backbone, n, arch=arch,
+        preprocess=replace(IMAGENET_RGB, interpolation="bilinear-aa"),
+        # 513: its --crop-size default; its evaluation resizes the SHORTER side to it (FixScaleCrop), any dataset.
+        align_corners=True, input_size=513, input_side="short", meta=meta,
     )
     return card, out
 

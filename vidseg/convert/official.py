@@ -16,7 +16,17 @@ What changes: every BN is InPlaceABN, which normalises with
 ``abs(weight) + 1e-5`` (it must stay invertible); a BatchNorm computing the
 same needs that as its weight - backbone and head alike. The file predates
 ``num_batches_tracked``, which is added; ``dsn`` is dropped unless
-``--keep-aux``. Preprocessing: BGR, Caffe mean, no scaling; align_corners True.
+``--keep-aux``. Preprocessing: BGR, the Caffe mean exactly as its
+``IMG_MEAN`` (104.00698793, 116.66876762, 122.67891434), no scaling;
+align_corners True.
+
+Test-time pipeline (its ``evaluate.py``): whole-image prediction runs the
+network on the frame at its native size and upsamples the logits to it
+(align_corners True) before the argmax; its sliding-window evaluation
+(``--inference slide``) takes 769x769 tiles every ``ceil(769 * 2/3)`` = 513
+pixels, pads a border tile to 769x769 with zeros after the mean subtraction,
+crops its logits back and averages overlapping logits; its flip averages
+logits.
 """
 from __future__ import annotations
 
@@ -69,7 +79,9 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
         arch["aux"] = True
     card = _card(
         NAME, SOURCE, "ccnet", backbone, n, arch=arch,
-        preprocess=Preprocess(channel_order="BGR", scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0)),
+        preprocess=Preprocess(channel_order="BGR", scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0),
+                              resize="native", resize_back="logits", crop=(769, 769), stride=(513, 513),
+                              pad_crops=True, average="logits"),
         align_corners=True, input_size=_input_size(n), meta=meta,
     )
     return card, out

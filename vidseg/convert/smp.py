@@ -31,10 +31,15 @@ instead, the same function on those sizes. Other encoders (timm ``tu-*``,
 efficientnet, resnet18/34, resnext, ...), other architectures and
 ``decoder_aspp_separable=False`` or non-default ``decoder_channels`` are
 refused. Preprocessing: ImageNet mean/std on RGB in [0, 1].
+
+Test-time pipeline: smp ships no prediction script; its model runs on the
+image as given (its examples pad to a multiple of the output stride, which a
+640x480 or 1280x720 frame already is), so the card says native size.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -151,7 +156,7 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
     card = _card(
         NAME, SOURCE, "deeplabv3plus", backbone, n, arch=arch,
         # smp's ImageNet encoders: get_preprocessing_params -> input_range [0, 1], ImageNet mean/std
-        preprocess=IMAGENET_RGB,
+        preprocess=replace(IMAGENET_RGB, resize="native"),
         align_corners=True, input_size=_input_size(n), meta=meta,  # nn.UpsamplingBilinear2d: align_corners=True
     )
     return card, out

@@ -15,11 +15,18 @@ keys are vidseg's deeplabv3 layout, 1:1::
 LR-ASPP (``classifier.low_classifier``) and FCN (no ASPP in
 ``classifier.0``) are refused: vidseg has no network for them. The output
 stride is fixed by the architecture. Preprocessing: ImageNet mean/std on RGB
-in [0, 1]; align_corners False; its reference evaluation resizes the SHORTER
-side to 520.
+in [0, 1]; align_corners False.
+
+Test-time pipeline (the weights' ``transforms()``, ``SemanticSegmentation(
+resize_size=520)``, used by its reference evaluation): the SHORTER side
+resized to exactly 520, the other to ``int(520 * long / short)``, bilinear
+with antialiasing (PIL's BILINEAR on its PIL images), ``convert_image_dtype``
+and ``normalize``; argmax at that size (vidseg resizes the class ids back to
+the frame, nearest).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -78,8 +85,9 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
             raise InputError("--keep-aux: this torchvision checkpoint has no aux_classifier")
         arch["aux"] = True
     card = _card(
-        NAME, SOURCE, "deeplabv3", backbone, n, arch=arch, preprocess=IMAGENET_RGB,
-        # torchvision's reference evaluation resizes the short side to 520.
+        NAME, SOURCE, "deeplabv3", backbone, n, arch=arch,
+        # SemanticSegmentation(resize_size=520): the short side to 520, antialiased bilinear.
+        preprocess=replace(IMAGENET_RGB, interpolation="bilinear-aa"),
         align_corners=False, input_size=520, input_side="short", meta=meta,
     )
     return card, out

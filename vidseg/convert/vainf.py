@@ -32,10 +32,14 @@ pretrainedmodels, not the aligned one of bubbliiiing's checkpoints:
 by 1 whatever their dilation). Its dilation depends on the output stride it
 was trained at, which the weights do not tell: 16 unless ``--output-stride 8``.
 Preprocessing: ImageNet mean/std on RGB in [0, 1]; align_corners False.
+Test-time pipeline (its ``predict.py`` without ``--crop_val``, and its
+Cityscapes validation): the frame at its native size, ``ToTensor`` and
+``Normalize``, argmax of the logits (already at the input size).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -109,7 +113,7 @@ def convert(state: dict, meta: dict, *, num_classes: int | None, aux: bool, alig
         architecture = "deeplabv3"
         out = _rename(state, [("classifier.classifier.", "classifier.")])
     card = _card(
-        NAME, SOURCE, architecture, backbone, n, arch=arch, preprocess=IMAGENET_RGB,
+        NAME, SOURCE, architecture, backbone, n, arch=arch, preprocess=replace(IMAGENET_RGB, resize="native"),
         align_corners=False, input_size=_input_size(n), meta=meta,
     )
     return card, out
