@@ -100,3 +100,57 @@ def test_flags_override_the_card_and_the_log_says_so():
     # a random-init model has no source to differ from
     rnd = replace(card, description="random initialisation (no weights)")
     assert Segmenter(_tiny(), rnd, device="cpu", input_size=64).deviation() is None
+
+
+def test_the_gpu_geometry_run_on_the_cpu_gives_the_same_masks():
+    """Where the CUDA path differs from the CPU's - torch's bilinear resize instead of OpenCV's, within one grey
+    level - the masks of a trained model agree.
+
+    Runs :func:`vidseg.geometry.prepare` both ways on the CPU (``opencv=False`` is what a GPU runs), so this
+    machine checks what the gpu-marked test below checks on a device.
+    """
+    from vidseg.config import ModelConfig
+    from vidseg.geometry import layout, plan_for, prepare, segment, to_batch
+    from vidseg.scenes import SceneConfig, generate_scene
+    from vidseg.zoo import load_model
+
+    model, demo = load_model(ModelConfig(model="deeplabv3plus-demo", device="cpu"))
+    frames = [f for f, _ in generate_scene(SceneConfig(num_frames=2, seed=9))]
+    for pre in (replace(demo.preprocess, resize="fit", box=(272, 204), resize_back="logits", size_multiple=1),
+                replace(demo.preprocess, resize="side", size_multiple=1)):
+        card = replace(demo, preprocess=pre, input_size=288)
+        plan = plan_for(card)
+        lay = layout(*frames[0].shape[:2], plan)
+        a, b = (torch.as_tensor(v) for v in card.preprocess.affine())
+        with torch.inference_mode():
+            x = to_batch(frames)
+            cpu = segment(model, prepare(x, lay, plan, a, b, True, torch.float32), lay, plan)
+            gpu_way = segment(model, prepare(x, lay, plan, a, b, True, torch.float32, opencv=False), lay, plan)
+        agree = float((cpu == gpu_way).float().mean())
+        print(f"{plan.sizing()}: {agree * 100:.3f}% of pixels agree")
+        assert lay.resized != lay.frame and agree >= 0.995
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pre", [
+    Preprocess(resize="fit", box=(272, 204), resize_back="logits"),
+    Preprocess(resize="letterbox", box=(256, 256), fill=128, interpolation="bicubic-aa", resize_back="probs"),
+    Preprocess(interpolation="bilinear-aa"),
+    Preprocess(resize="native", inference="slide", crop=(160, 160), pad_crops=True, flip=True, average="probs"),
+], ids=["fit", "letterbox", "short-aa", "slide-flip"])
+def test_cuda_gives_the_cpus_masks(pre):
+    """The CUDA path (staged uint8, torch resizes on the GPU, fp32) runs the same plan as the CPU path."""
+    from vidseg.config import ModelConfig
+    from vidseg.scenes import SceneConfig, generate_scene
+    from vidseg.zoo import load_model
+
+    model, demo = load_model(ModelConfig(model="deeplabv3plus-demo", device="cpu"))
+    card = replace(demo, preprocess=replace(pre, channel_order=demo.preprocess.channel_order), input_size=288,
+                   input_side="short")
+    frames = [f for f, _ in generate_scene(SceneConfig(num_frames=2, seed=9))]
+    cpu = Segmenter(model, card, device="cpu")(frames)
+    gpu = Segmenter(load_model(ModelConfig(model="deeplabv3plus-demo", device="cpu"))[0], card, device="cuda",
+                    precision="fp32")(frames)
+    for a, b in zip(cpu, gpu):
+        assert a.shape == b.shape == (240, 320)
+        assert (a == b).mean() >= 0.995

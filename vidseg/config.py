@@ -67,7 +67,7 @@ class ModelConfig:
     backbone: str | None = None
     weights: str | None = None
     num_classes: int | None = None
-    input_size: int | None = None  # inference resolution, pixels: the side the card names (longer by default)
+    input_size: int | None = None  # None: the card's resize policy; N: run at another size (see geometry.plan_for)
     device: str = "auto"
     precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU (vidseg.predictor.default_precision)
     width_mult: float | None = None

@@ -290,6 +290,7 @@ def test_cli_import_prints_the_card(files, tmp_path):
     assert r.exit_code == 0, r.output
     assert "deeplabv3plus/mobilenetv2, 19 classes (road, sidewalk" in r.output
     assert "RGB, x*1/255" in r.output and "sha256" in r.output and dst.is_file()
+    assert "test time: native size; whole image; class ids resized back (nearest)" in r.output
     r = CliRunner().invoke(cli, ["weights", "import", str(src), "-o", str(tmp_path / "b.pt"),
                                  "--format", "bubbliiiing"])
     assert r.exit_code == 2

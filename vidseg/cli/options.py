@@ -50,7 +50,7 @@ model_options = compose(
     click.option("--backbone", default=None, help=_backbone_help()),
     click.option("--weights", "-w", default=None, help="Checkpoint file: vidseg's own, or a public format (auto-detected)."),
     click.option("--num-classes", type=click.IntRange(1, 256), default=None, help="Classes of a model without a card. [default: 19]"),
-    click.option("--input-size", type=click.IntRange(8, 8192), default=None, help="Inference resolution in pixels: the longer side (or the shorter, where the card says so, e.g. torchvision's). [default: from the card, 512]"),
+    click.option("--input-size", type=click.IntRange(8, 8192), default=None, help="Run the model at another size than its source (speed): the longer side (the shorter where the card resizes the shorter; a fit or letterbox box scaled to it). [default: the card's resize policy]"),
     click.option("--device", default=ModelConfig.device, show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision. [default: fp16 on CUDA, fp32 on CPU]"),
     click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True, help="Channel width multiplier for random-init models (tests, quick trials)."),

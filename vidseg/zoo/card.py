@@ -161,8 +161,10 @@ class ModelCard:
     palette: tuple[tuple[int, int, int], ...] = ()
     preprocess: Preprocess = field(default_factory=Preprocess)
     align_corners: bool = False
+    # resize="side": input_side ("long", or "short" as torchvision's resize_size) becomes input_size px; other
+    # policies keep these at their version-1 meaning, for older readers. --input-size names the same side.
     input_size: int = 512
-    input_side: str = "long"  # which side input_size sets: "long", or "short" (torchvision's resize_size)
+    input_side: str = "long"
     arch: dict[str, Any] = field(default_factory=dict)  # extra builder kwargs (width_mult, stem, ...)
     weights: str | None = None
     sha256: str | None = None
