@@ -65,3 +65,11 @@ def test_to_args_leaves_unset_fields_to_the_stage_default():
     assert to_args(ModelConfig(crop_size=(512, 1024), flip=False))[2:] == ["--crop-size", "512x1024", "--no-flip"]
     assert to_args(OutputConfig(output=("a.mp4", "b.mp4"), preview=True))[:4] == ["--output", "a.mp4", "--output", "b.mp4"]
     assert "--preview" in to_args(OutputConfig(preview=True)) and "--no-preview" in to_args(OutputConfig())
+
+
+def test_a_recipe_gives_the_sliding_window_as_a_list_or_text(tmp_path):
+    rec = tmp_path / "slide.toml"
+    rec.write_text('inference = "slide"\ncrop_size = [96, 128]\ncrop_stride = "64x96"\nflip = true\n')
+    cfg = config_of(ModelConfig, _parsed(["worker", "--config", str(rec)]))
+    assert (cfg.inference, cfg.crop_size, cfg.crop_stride, cfg.flip) == ("slide", (96, 128), (64, 96), True)
+    assert config_of(ModelConfig, _parsed(["worker", "--config", str(rec), "--crop-size", "769"])).crop_size == (769, 769)

@@ -21,11 +21,12 @@ INFERENCE_MODES = ("whole", "slide")
 
 
 def parse_hw(value: Any, what: str = "--crop-size") -> tuple[int, int]:
-    """``"769"``, ``"512x1024"`` (height x width) or ``[512, 1024]`` -> ``(512, 1024)``."""
+    """``"769"``, ``"512x1024"`` (height x width) or ``[512, 1024]`` (a recipe) -> ``(512, 1024)``."""
     if isinstance(value, (list, tuple)):
         parts = list(value)
-    else:
-        parts = str(value).lower().replace("\u00d7", "x").split("x")
+    else:  # Click hands a recipe's list over as its text: "[512, 1024]"
+        text = str(value).lower().replace("\u00d7", "x").strip("[]() ")
+        parts = text.replace(",", "x").split("x")
     try:
         hw = tuple(int(str(p).strip()) for p in parts)
     except ValueError:
