@@ -380,10 +380,15 @@ def segment(forward: Forward, x, lay: Layout, plan: Plan):
 
 def to_batch(frames: list[np.ndarray]):
     """Same-sized HxWx3 uint8 frames as one (B, H, W, 3) CPU tensor (no copy for a single frame)."""
+    import warnings
+
     import torch
 
     if len(frames) == 1:
-        return torch.from_numpy(np.ascontiguousarray(frames[0]))[None]
+        with warnings.catch_warnings():
+            # A frame viewed zero-copy from a message is read-only; nothing here writes into it.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(frames[0]))[None]
     return torch.from_numpy(np.stack(frames))
 
 
