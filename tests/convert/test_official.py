@@ -97,10 +97,10 @@ def _caffe(frame):
 @pytest.fixture(scope="module")
 def r50(files, tmp_path_factory):
     """An official-layout ResNet-50 CCNet (the R101 key list without layer3 blocks 6-22), its classifier balanced
-    on a 192x144 scene frame: ``(state, path, frame)``."""
+    on a 160x120 scene frame: ``(state, path, frame)``."""
     sd = {k: v for k, v in source_state(files(STEM)).items()
           if not (k.startswith("layer3.") and int(k.split(".")[1]) >= 6)}
-    frame = scene_frame(192, 144)
+    frame = scene_frame(160, 120)
     with torch.inference_mode():
         sd = balance_classes(sd, "head.bottleneck.3", _official(torch.from_numpy(_caffe(frame)), sd)[0])
     path = tmp_path_factory.mktemp("official") / "ccnet_r50.pth"
@@ -117,16 +117,16 @@ def test_run_gives_the_official_ccnets_own_masks(r50, tmp_path):
         ref = _official(torch.from_numpy(_caffe(frame)), sd)[0]
     got, log = run_masks(src, frame, tmp_path)
     assert "ccnet-official" in log and "input: native size; whole image" in log
-    assert_source_masks("official ccnet r50, native 192x144", got, ref, identical=True)
+    assert_source_masks("official ccnet r50, native 160x120", got, ref, identical=True)
 
 
 def test_slide_and_flip_give_the_official_ccnets_own_masks(r50, tmp_path):
-    """``--inference slide --crop-size 160 --flip`` against its ``predict_sliding`` written out here (tiles at
+    """``--inference slide --crop-size 128 --flip`` against its ``predict_sliding`` written out here (tiles at
     ``ceil(tile * (1 - 1/3))`` strides, the last moved back to the border; a tile cut by the image padded to the
     tile with zeros after the mean subtraction, its logits upsampled to the tile and cropped back; overlapping
     logits averaged) and its flip (``0.5 * (probs + flipped probs flipped back)``, logits)."""
     sd, src, frame = r50
-    tile = (160, 160)
+    tile = (128, 128)
     image = _caffe(frame)
 
     def predict_sliding(image):
@@ -152,8 +152,8 @@ def test_slide_and_flip_give_the_official_ccnets_own_masks(r50, tmp_path):
     probs, grid = predict_sliding(image)
     flipped, _ = predict_sliding(image[:, :, :, ::-1].copy())
     probs = 0.5 * (probs + flipped[:, ::-1, :])
-    assert grid == (1, 2)  # one row: 144 < 160, padded; two overlapping columns over 192
-    got, log = run_masks(src, frame, tmp_path, "--inference", "slide", "--crop-size", "160", "--flip")
-    assert "sliding 160x160 windows every 107x107, border windows padded, flip-averaged logits" in log
-    assert_source_masks("official ccnet r50, slide 160 + flip", got, torch.from_numpy(probs.transpose(2, 0, 1)),
+    assert grid == (1, 2)  # one row: 120 < 128, padded; two overlapping columns over 160
+    got, log = run_masks(src, frame, tmp_path, "--inference", "slide", "--crop-size", "128", "--flip")
+    assert "sliding 128x128 windows every 86x86, border windows padded, flip-averaged logits" in log
+    assert_source_masks("official ccnet r50, slide 128 + flip", got, torch.from_numpy(probs.transpose(2, 0, 1)),
                         identical=True)
