@@ -253,6 +253,27 @@ def test_sigstopped_worker_is_written_off_and_its_frames_go_to_the_other(clip120
     assert no_partials(tmp_path) == []
 
 
+# -- 2b. SIGTERM to a worker (an orchestrator scaling down): it drains instead of being written off ------------
+def test_sigterm_drains_a_worker_its_frames_come_back_and_none_is_redispatched(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep))
+    sink = procs.start("sink", *sink_args(ep, out))
+    # --persist: this worker would outlive the stream; only the drain can make it leave.
+    a = procs.start("workerA", *worker_args(ep, 60, "--persist"))
+    b = procs.start("workerB", *worker_args(ep, 60))
+    wait_until(lambda: src.text().count("connected (pid") == 2, alive=(src, sink), what="2 workers connected", logs=procs.logs)
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, a, b), what="10 frames written", logs=procs.logs)
+    a.signal(signal.SIGTERM)
+    assert a.wait() == 0, procs.logs()
+    assert "draining" in a.text()
+    for p in (src, sink, b):
+        assert p.wait() == 0, procs.logs()
+    assert "left (drained)" in src.text() and "missed heartbeats" not in src.text(), src.text()
+    assert redispatched(src.text()) == 0, src.text()
+    assert barcodes(out) == list(range(120))
+    assert no_partials(tmp_path) == []
+
+
 # -- 3. live mode, a worker slower than the source -----------------------------------------------
 def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_path):
     n, delay_ms, credits = 75, 150, 2

@@ -45,6 +45,7 @@ class _Worker:
     last_seen: float
     inflight: set[tuple[int, int]] = field(default_factory=set)
     card: dict | None = None
+    leaving: bool = False  # draining: no new frames; forgotten once its frames are back
 
 
 class _LiveGrabber:
@@ -221,7 +222,11 @@ class SourceStage(Stage):
                 pass
             return
         w.last_seen = now
-        if kind == "mask":
+        if kind == "stop":
+            if not w.leaving:
+                log.info("worker %s is draining: no new frames for it, %d still in flight", ident.hex(), len(w.inflight))
+            w.leaving = True
+        elif kind == "mask":
             key = (int(msg["stream"]), int(msg["seq"]))
             if key in w.inflight:
                 w.inflight.discard(key)
@@ -231,6 +236,13 @@ class SourceStage(Stage):
                 _, _, t_read = st.inflight.pop(key[1])
                 # Relay the mask with the same buffer, no copy.
                 self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=ident.hex(), t_read=t_read))
+        if w.leaving and not w.inflight:
+            log.info("worker %s left (drained)", ident.hex())
+            del self.workers[ident]
+            try:
+                send_msg(self.sock, "stop", identity=ident)
+            except TransportError:
+                pass
 
     def _lost(self, st: _Stream) -> int:
         # Frames left unread by a drain were not lost to decoding: only a decode failure counts.
@@ -266,7 +278,7 @@ class SourceStage(Stage):
         so a fresh frame never waits behind another in a worker's queue."""
         best = None
         for w in self.workers.values():
-            if w.credits > 0 and (not live or not w.inflight) and (best is None or w.credits > best.credits):
+            if w.credits > 0 and not w.leaving and (not live or not w.inflight) and (best is None or w.credits > best.credits):
                 best = w
         return best
 

@@ -4,6 +4,11 @@ The main thread owns the socket (ZeroMQ sockets are not thread-safe): it
 receives frames into a queue bounded by the worker's credits, sends masks and
 heartbeats. Inference runs in a second thread so heartbeats keep flowing
 during a slow forward pass.
+
+SIGTERM/SIGINT drains (a scale-down on an orchestrator): the worker sends
+``stop`` to the source, which sends it no new frame; it finishes the frames it
+holds and leaves when the source answers ``stop`` (nothing of it is left in
+flight), so no frame needs re-dispatching.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class WorkerStage(Stage):
         self._error: BaseException | None = None
         self.frames = 0
         self._stop = False
+        self._said_leaving = False
 
     def _infer_loop(self) -> None:
         ping = self.ctx.socket(zmq.PAIR)
@@ -125,12 +131,19 @@ class WorkerStage(Stage):
                     self.receive(self._handle)
                 if self._stop:
                     return WorkerResult(self.frames, self.malformed)
+                if self.draining and not self._said_leaving:
+                    if not self._heard_any:  # no source yet: nothing to finish
+                        return WorkerResult(self.frames, self.malformed)
+                    # Ask the source for nothing more; it says `stop` once every frame we hold is back.
+                    send_msg(self.sock, "stop")
+                    self._said_leaving = True
+                    self.log.info("draining: the source sends no new frames; finishing those in hand")
                 if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
                 silent = now - self._last_heard
                 limit = flow.peer_timeout if self._heard_any else flow.connect_timeout
                 if silent > limit:
-                    if self._heard_any and self.persist:
+                    if self._heard_any and self.persist and not self.draining:
                         self._last_heard = now
                         self._hello()
                         continue
@@ -149,11 +162,14 @@ class WorkerStage(Stage):
         if msg.kind == "frame":
             self._in.put(msg)
         elif msg.kind == "stop":
-            if not self.persist:
+            if not self.persist or self.draining:
                 self._stop = True
                 return
             self._hello()
         elif msg.kind == "hb" and msg.header.get("rehello"):
+            if self.draining:  # the source has forgotten us: nothing of ours is in flight
+                self._stop = True
+                return
             self._hello()
 
     def close(self) -> None:
