@@ -52,11 +52,12 @@ def free_endpoint() -> str:
 class Proc:
     """A vidseg process whose stdout+stderr go to a log file (no pipe can fill up and block it)."""
 
-    def __init__(self, name: str, args: list[str], tmp_path: Path):
+    def __init__(self, name: str, args: list[str], tmp_path: Path, prefix: list[str] = ()):
         self.name = name
         self.log = tmp_path / f"{name}.log"
         self._fh = open(self.log, "w")
-        self.p = subprocess.Popen(BASE + args, stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+        # prefix: e.g. `ip netns exec NS` (which execs, so the pid stays the stage's own)
+        self.p = subprocess.Popen([*prefix, *BASE, *args], stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
         self.pid = self.p.pid
 
     def text(self) -> str:
@@ -99,8 +100,8 @@ def procs(tmp_path):
     """Start vidseg processes with ``procs.start(name, *args)``; all are killed at teardown."""
 
     class Procs(list):
-        def start(self, name: str, *args: str) -> Proc:
-            p = Proc(name, list(args), tmp_path)
+        def start(self, name: str, *args: str, prefix: list[str] = ()) -> Proc:
+            p = Proc(name, list(args), tmp_path, prefix)
             self.append(p)
             return p
 

@@ -162,6 +162,7 @@ class SourceStage(Stage):
         self.sink_seen = 0.0
         self.redispatched = 0
         self._redo: collections.deque[tuple[int, int]] = collections.deque()
+        self._asked: dict[bytes, float] = {}  # unknown peer -> when it was last asked to say hello
 
     def _close_streams(self) -> None:
         for s in self.streams:
@@ -215,11 +216,17 @@ class SourceStage(Stage):
             return
         w = self.workers.get(ident)
         if w is None:
-            # A worker that was written off (or never said hello): ask it to introduce itself.
-            try:
-                send_msg(self.sock, "hb", identity=ident, rehello=True)
-            except TransportError:
-                pass
+            # A worker that was written off (or never said hello): ask it to introduce itself, once
+            # per heartbeat: after a network cut heals, its queued heartbeats arrive in a burst, and
+            # each hello they provoked would throw away the frames it had just been given.
+            if now - self._asked.get(ident, -1e9) >= self.flow.heartbeat:
+                if len(self._asked) > 1024:  # bounded whatever peers send
+                    self._asked.clear()
+                self._asked[ident] = now
+                try:
+                    send_msg(self.sock, "hb", identity=ident, rehello=True)
+                except TransportError:
+                    pass
             return
         w.last_seen = now
         if kind == "stop":
