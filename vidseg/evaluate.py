@@ -84,10 +84,13 @@ def load_ground_truth(folder: str, *, frames: int | None, size: tuple[int, int],
     if not p.exists():
         raise InputError(f"masks folder {folder} does not exist; give the folder of ground-truth PNGs (or a masks.mkv)")
     files = MaskSet(p)
+    what = "frames" if files.video else "PNGs"
     if not len(files):
-        raise InputError(f"masks {folder} has no PNG files or frames; give one class-id mask per frame")
+        raise InputError(f"masks {'video' if files.video else 'folder'} {folder} has no {what if files.video else 'PNG files'}; "
+                         "give one class-id mask per frame")
     if frames is not None and len(files) != frames:
-        raise InputError(f"masks {folder} has {len(files)} masks but the video has {frames} frames; give one mask per frame")
+        raise InputError(f"masks {'video' if files.video else 'folder'} {folder} has {len(files)} {what} but the video has "
+                         f"{frames} frames; give one mask per frame")
     for name, m in files:
         if m.shape != size:
             raise InputError(f"mask {name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x{size[0]}; masks must match the frames")

@@ -248,7 +248,8 @@ PAGE = """<!doctype html>
   main { display: flex; flex-wrap: wrap; gap: 1em; padding: 1em; }
   #streams { flex: 1 1 30em; display: flex; flex-direction: column; gap: 1em; min-width: 0; }
   .stream h2 { font-size: 1em; margin: 0 0 .3em; font-weight: 600; overflow-wrap: anywhere; }
-  .stream img { display: block; width: 100%; height: auto; background: #000; border-radius: 4px; }
+  .stream img { display: block; width: 100%; height: auto; max-height: 72vh; object-fit: contain; object-position: left top;
+                border-radius: 4px; }
   .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(6.5em, 1fr)); gap: .3em; margin: .4em 0 0; }
   .figure { background: #1d1d1d; border-radius: 4px; padding: .3em .5em; }
   .figure b { display: block; font-size: 1.15em; font-variant-numeric: tabular-nums; }

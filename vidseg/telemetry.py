@@ -34,7 +34,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "vidseg_source_frames_written": ("counter", ("stream",), "Frames the sink has acknowledged as written"),
     "vidseg_source_frames_dropped": ("counter", ("stream",), "Stale frames dropped (live mode)"),
     "vidseg_source_frames_lost": ("counter", ("stream",), "Frames the container announced that could not be decoded"),
-    "vidseg_source_frames_in_flight": ("gauge", ("stream",), "Frames dispatched and not yet written"),
+    "vidseg_source_frames_in_flight": ("gauge", ("stream",), "Frames at the workers: dispatched, their mask not back yet"),
     "vidseg_source_redispatched": ("counter", (), "Frames sent again because their worker went silent"),
     "vidseg_source_workers": ("gauge", (), "Workers connected"),
     "vidseg_source_worker_frames": ("counter", ("worker",), "Masks returned per worker (its throughput: rate())"),

@@ -445,7 +445,7 @@ class SourceStage(Stage):
             yield "vidseg_source_frames_dispatched", st.n, sid
             yield "vidseg_source_frames_written", st.written, sid
             yield "vidseg_source_frames_dropped", st.dropped, sid
-            yield "vidseg_source_frames_lost", self._lost(st), sid
+            yield "vidseg_source_frames_lost", self._lost(st) if st.eof else 0, sid  # known only at the end
             yield "vidseg_source_frames_in_flight", len(st.inflight), sid
         yield "vidseg_source_redispatched", self.redispatched, ()
         yield "vidseg_source_workers", len(self.workers), ()
