@@ -218,3 +218,19 @@ def test_bad_or_busy_metrics_address_is_one_line(clip):
         r = vidseg("source", "--source", str(clip), "--metrics", f"127.0.0.1:{port}", "--connect-timeout", "1")
     assert r.returncode == 3
     one_line_error(r.stderr, f"--metrics 127.0.0.1:{port}: cannot listen there", "choose another port")
+
+
+@pytest.mark.gpu
+def test_worker_on_cuda_reports_its_gpu_memory(tmp_path, procs):
+    port = free_ports(1)
+    w = procs.start("worker", "worker", "--connect", free_endpoint(), "--model", "deeplabv3plus", "--width-mult", "0.25",
+                    "--device", "cuda", "--metrics", f"127.0.0.1:{port}", "--connect-timeout", "60")
+
+    def gpu_memory() -> dict:
+        m = scrape(port) or {}
+        return by_label(m, "vidseg_worker_gpu_memory_bytes", "kind")
+
+    wait_until(lambda: gpu_memory(), alive=(w,), what="the GPU memory gauge", logs=procs.logs)
+    mem = gpu_memory()
+    assert mem["allocated"] > 0 and mem["reserved"] >= mem["allocated"]
+    assert get(port, "/readyz")[0] == 503  # loaded, but no source is there
