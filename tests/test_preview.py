@@ -12,17 +12,14 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY, barcode_frame, make_clip, probe, vidseg
+from conftest import TINY, make_clip, probe, vidseg
 from test_reliability import null_model, one_line_error, procs, wait_until  # noqa: F401 - procs is a fixture
 from test_telemetry import free_ports, get
 

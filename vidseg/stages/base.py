@@ -91,6 +91,15 @@ class Stage:
         """``(ready, why not)`` for /readyz: connected and with what it needs (each stage says what)."""
         return False, "starting"
 
+    def heard_from_source(self, heard: bool, last_heard: float, endpoint: str, waiting: str) -> tuple[bool, str]:
+        """Readiness of a stage that needs its source: ``waiting`` until it first answers, then not ready after
+        ``peer_timeout`` of silence."""
+        if not heard:
+            return False, waiting
+        if time.monotonic() - last_heard > self.flow.peer_timeout:
+            return False, f"the source at {endpoint} has been silent for over {self.flow.peer_timeout:g} s"
+        return True, ""
+
     def samples(self) -> Iterator[Sample]:
         """This stage's figures for /metrics, read from its state (vidseg.telemetry.METRICS)."""
         yield "vidseg_malformed_messages", self.malformed, ()

@@ -204,11 +204,8 @@ class SinkStage(Stage):
 
     # -- telemetry and the preview's figures -----------------------------------------
     def ready(self) -> tuple[bool, str]:
-        if not self._connected:
-            return False, f"no source has answered at {self.endpoint} yet"
-        if time.monotonic() - self._last_seen > self.flow.peer_timeout:
-            return False, f"the source at {self.endpoint} has been silent for over {self.flow.peer_timeout:g} s"
-        return True, ""
+        return self.heard_from_source(self._connected, self._last_seen, self.endpoint,
+                                      f"no source has answered at {self.endpoint} yet")
 
     def active_workers(self, within: float = 5.0) -> int:
         """Workers whose masks were written in the last ``within`` seconds."""

@@ -173,11 +173,8 @@ class WorkerStage(Stage):
     # -- telemetry --------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
         # The model is loaded before this stage exists; until then the CLI says "loading the model".
-        if not self._heard_any:
-            return False, f"model loaded; no answer yet from the source at {self.endpoint}"
-        if time.monotonic() - self._last_heard > self.flow.peer_timeout:
-            return False, f"the source at {self.endpoint} has been silent for over {self.flow.peer_timeout:g} s"
-        return True, ""
+        return self.heard_from_source(self._heard_any, self._last_heard, self.endpoint,
+                                      f"model loaded; no answer yet from the source at {self.endpoint}")
 
     def samples(self):
         yield from super().samples()
