@@ -99,7 +99,7 @@ def _class_list(ctx: click.Context, param: click.Parameter, value) -> tuple[str,
 
 output_options = compose(
     click.option("--output", "-o", multiple=True, help="Annotated H.264 MP4 to write: one per --source, or a template like out-{name}.mp4."),
-    click.option("--masks", multiple=True, help="A new folder for the class-id masks, one PNG per frame (one per --source, or a {name} template)."),
+    click.option("--masks", multiple=True, help="A new folder for the class-id masks: one PNG per frame and masks.mkv, the same ids as a lossless video (one folder per --source, or a {name} template)."),
     click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=OutputConfig.alpha, show_default=True, help="Overlay opacity."),
     click.option("--crf", type=click.IntRange(0, 51), default=OutputConfig.crf, show_default=True, help="x264 quality (lower is better)."),
     click.option("--preset", default=OutputConfig.preset, show_default=True, help="x264 speed preset (ultrafast … veryslow)."),

@@ -114,6 +114,7 @@ class SinkStage(Stage):
             self._connected, self._last_seen = True, now  # a source answered (/readyz)
             if msg.kind == "info":
                 infos.append(msg)
+
         while not infos:
             now = time.monotonic()
             if now > deadline:
