@@ -415,14 +415,19 @@ def test_probe_paths_and_autoscaler_metric_are_served_by_a_running_worker(render
             except OSError:
                 return None
 
-        wait_until(lambda: p.poll() is not None or status("/healthz") == 200, timeout=120, what="/healthz",
+        def exported() -> bool:
+            """The autoscaler's metric is on /metrics (once the model has loaded and the stage runs)."""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    return re.search(rf"^{metric} \d", r.read().decode(), re.M) is not None
+            except OSError:
+                return False
+
+        wait_until(lambda: p.poll() is not None or exported(), timeout=120, what=f"{metric} on /metrics",
                    logs=log.read_text)
         assert p.poll() is None, log.read_text()
         for path, code in paths.items():
             assert status(path) == code, (path, log.read_text())
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            body = r.read().decode()
-        assert re.search(rf"^{metric} \d", body, re.M), body
     finally:
         p.kill()
         p.wait(timeout=10)
