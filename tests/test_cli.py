@@ -44,7 +44,7 @@ def test_config_file_with_unknown_key_is_refused(tmp_path):
     assert r.returncode == 2 and "modle is not a flag" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("recipe", ["file-lossless", "camera-live", "gpu-fp16"])
+@pytest.mark.parametrize("recipe", ["file-lossless", "camera-live", "gpu-fp16", "server-live"])
 def test_shipped_recipes_parse(recipe):
     from pathlib import Path
 

@@ -7,8 +7,9 @@ import pytest
 
 from vidseg.cli import cli
 from vidseg.cli.options import config_of
-from vidseg.config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
-from vidseg.launch import RunPlan, stage_commands, to_args
+from vidseg.config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
+from vidseg.errors import InputError
+from vidseg.launch import RunPlan, stage_commands, stage_telemetry, to_args
 
 PLAN = RunPlan(
     source=SourceConfig(sources=("a.mp4", "b.mp4"), mode="live", fps=12.5),
@@ -16,11 +17,14 @@ PLAN = RunPlan(
                       width_mult=0.25, arch=(("output_stride", 16), ("multi_grid", (1, 2, 4)), ("stem", "mmseg")),
                       inference="slide", crop_size=(48, 64), crop_stride=(32, 40), flip=True),
     batch=BatchConfig(batch=3, max_wait=0.02),
-    output=OutputConfig(output=("o-{name}.mp4",), masks=("m-{stream}",), alpha=0.2, crf=30, preset="ultrafast", preview=False),
+    output=OutputConfig(output=("o-{name}.mp4",), masks=("m-{stream}",), alpha=0.2, crf=30, preset="ultrafast", preview=False,
+                        overlay="fill+contour", legend=True, classes=("car", "7"), json="meta.jsonl", serve="0.0.0.0:8080",
+                        progress=False),
     flow=FlowConfig(window=9, credits=5, heartbeat=0.25, worker_timeout=1.5, peer_timeout=7.0, connect_timeout=8.0,
                     no_worker_grace=2.0),
     workers=2,
     devices=("cpu", "cpu"),
+    telemetry=TelemetryConfig(metrics="127.0.0.1:9100"),
 )
 
 
@@ -33,25 +37,36 @@ def _parsed(argv: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("role, configs", [
-    ("source", (SourceConfig, FlowConfig)),
-    ("sink", (OutputConfig, FlowConfig)),
-    ("worker", (ModelConfig, BatchConfig, FlowConfig)),
+    ("source", (SourceConfig, FlowConfig, TelemetryConfig)),
+    ("sink", (OutputConfig, FlowConfig, TelemetryConfig)),
+    ("worker", (ModelConfig, BatchConfig, FlowConfig, TelemetryConfig)),
 ])
 def test_each_stage_rebuilds_the_same_settings_from_its_command_line(role, configs):
     stages = [s for s in stage_commands(PLAN, "ipc:///tmp/x/d") if s.role == role]
     assert stages and len(stages) == (2 if role == "worker" else 1)
-    for s in stages:
+    # run --metrics HOST:PORT: the source on PORT, the sink on PORT+1, worker i on PORT+2+i
+    ports = {"source": ["127.0.0.1:9100"], "sink": ["127.0.0.1:9101"], "worker": ["127.0.0.1:9102", "127.0.0.1:9103"]}[role]
+    for s, port in zip(stages, ports):
         kw = _parsed(s.argv[s.argv.index("vidseg") + 1:])
         want = {SourceConfig: PLAN.source, OutputConfig: PLAN.output, ModelConfig: PLAN.model,
-                BatchConfig: PLAN.batch, FlowConfig: PLAN.flow}
+                BatchConfig: PLAN.batch, FlowConfig: PLAN.flow, TelemetryConfig: TelemetryConfig(metrics=port)}
         for cls in configs:
             assert config_of(cls, kw) == want[cls], cls.__name__
 
 
+def test_metrics_ports_of_run_stay_in_range_and_off_means_off():
+    assert stage_telemetry(TelemetryConfig(), 5) == TelemetryConfig()
+    assert stage_telemetry(TelemetryConfig(metrics="[::1]:9000"), 3).metrics == "[::1]:9003"
+    with pytest.raises(InputError, match="ports 65534..65537; choose a lower port"):
+        stage_telemetry(TelemetryConfig(metrics="127.0.0.1:65534"), 3)
+    plain = dataclasses.replace(PLAN, telemetry=TelemetryConfig())
+    assert not any("--metrics" in s.argv for s in stage_commands(plain, "ipc:///tmp/x/d"))
+
+
 def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
     """A field added to a config dataclass without its flag would be silently dropped on the way to a stage."""
-    takes = {"source": (SourceConfig, FlowConfig), "sink": (OutputConfig, FlowConfig),
-             "worker": (ModelConfig, BatchConfig, FlowConfig)}
+    takes = {"source": (SourceConfig, FlowConfig, TelemetryConfig), "sink": (OutputConfig, FlowConfig, TelemetryConfig),
+             "worker": (ModelConfig, BatchConfig, FlowConfig, TelemetryConfig)}
     for role, classes in takes.items():
         names = {p.name for p in cli.commands[role].params}
         for cls in classes:

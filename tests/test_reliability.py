@@ -52,11 +52,12 @@ def free_endpoint() -> str:
 class Proc:
     """A vidseg process whose stdout+stderr go to a log file (no pipe can fill up and block it)."""
 
-    def __init__(self, name: str, args: list[str], tmp_path: Path):
+    def __init__(self, name: str, args: list[str], tmp_path: Path, prefix: list[str] = ()):
         self.name = name
         self.log = tmp_path / f"{name}.log"
         self._fh = open(self.log, "w")
-        self.p = subprocess.Popen(BASE + args, stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+        # prefix: e.g. `ip netns exec NS` (which execs, so the pid stays the stage's own)
+        self.p = subprocess.Popen([*prefix, *BASE, *args], stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
         self.pid = self.p.pid
 
     def text(self) -> str:
@@ -99,8 +100,8 @@ def procs(tmp_path):
     """Start vidseg processes with ``procs.start(name, *args)``; all are killed at teardown."""
 
     class Procs(list):
-        def start(self, name: str, *args: str) -> Proc:
-            p = Proc(name, list(args), tmp_path)
+        def start(self, name: str, *args: str, prefix: list[str] = ()) -> Proc:
+            p = Proc(name, list(args), tmp_path, prefix)
             self.append(p)
             return p
 
@@ -249,6 +250,27 @@ def test_sigstopped_worker_is_written_off_and_its_frames_go_to_the_other(clip120
     for p in (src, sink, a, b):
         assert p.wait() == 0, procs.logs()
     assert redispatched(src.text()) > 0, src.text()
+    assert barcodes(out) == list(range(120))
+    assert no_partials(tmp_path) == []
+
+
+# -- 2b. SIGTERM to a worker (an orchestrator scaling down): it drains instead of being written off ------------
+def test_sigterm_drains_a_worker_its_frames_come_back_and_none_is_redispatched(clip120, tmp_path, procs):
+    ep, out = free_endpoint(), tmp_path / "out.mp4"
+    src = procs.start("source", *source_args(clip120, ep))
+    sink = procs.start("sink", *sink_args(ep, out))
+    # --persist: this worker would outlive the stream; only the drain can make it leave.
+    a = procs.start("workerA", *worker_args(ep, 60, "--persist"))
+    b = procs.start("workerB", *worker_args(ep, 60))
+    wait_until(lambda: src.text().count("connected (pid") == 2, alive=(src, sink), what="2 workers connected", logs=procs.logs)
+    wait_until(lambda: masks_written(tmp_path) >= 10, alive=(src, sink, a, b), what="10 frames written", logs=procs.logs)
+    a.signal(signal.SIGTERM)
+    assert a.wait() == 0, procs.logs()
+    assert "draining" in a.text()
+    for p in (src, sink, b):
+        assert p.wait() == 0, procs.logs()
+    assert "left (drained)" in src.text() and "missed heartbeats" not in src.text(), src.text()
+    assert redispatched(src.text()) == 0, src.text()
     assert barcodes(out) == list(range(120))
     assert no_partials(tmp_path) == []
 

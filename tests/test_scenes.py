@@ -45,6 +45,27 @@ def test_class_names_and_palette():
     assert d[~np.eye(len(p), dtype=bool)].min() >= 100
 
 
+def test_palette_contrasts_with_the_objects_it_marks_and_the_demo_cards_use_it():
+    """Each class colour is far in hue from its objects' own colour (an overlay of red on red discs is invisible)."""
+    from vidseg.train import SCENE_KNOBS
+    from vidseg.zoo import zoo_cards
+
+    frames = list(generate_scene(SceneConfig(width=320, height=240, num_frames=12, seed=3, **SCENE_KNOBS)))
+    img = np.concatenate([f[0] for f in frames])
+    mask = np.concatenate([f[1] for f in frames])
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    for c in range(1, len(CLASS_NAMES)):
+        sel = (mask == c) & (hsv[..., 1] > 60)  # coloured pixels of that class
+        hist = np.bincount(hsv[..., 0][sel], minlength=180).astype(float)
+        smooth = np.convolve(np.r_[hist[-4:], hist, hist[:4]], np.ones(9), "valid")  # circular, 18 degrees wide
+        object_hue = int(np.argmax(smooth))  # OpenCV hue: 0..179, two degrees a step
+        pal_hue = int(cv2.cvtColor(PALETTE[c][None, None, ::-1].copy(), cv2.COLOR_BGR2HSV)[0, 0, 0])
+        apart = min(abs(object_hue - pal_hue), 180 - abs(object_hue - pal_hue)) * 2
+        assert apart >= 90, (CLASS_NAMES[c], object_hue * 2, pal_hue * 2)
+    for name in ("ccnet-demo", "deeplabv3plus-demo"):
+        assert zoo_cards()[name][0].palette == tuple(map(tuple, PALETTE.tolist())), name
+
+
 def test_shapes_dtypes_and_valid_ids():
     cfg = replace(SMALL, width=161, height=97)  # odd sizes are fine for generation
     n = 0

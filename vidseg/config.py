@@ -38,6 +38,9 @@ def parse_hw(value: Any, what: str = "--crop-size") -> tuple[int, int]:
     return hw  # type: ignore[return-value]
 
 
+OVERLAYS = ("fill", "contour", "fill+contour", "side-by-side", "mask")
+
+
 def parse_arch(items: Any) -> tuple[tuple[str, Any], ...]:
     """``("output_stride=8", "multi_grid=(1,2,4)")`` -> ``(("output_stride", 8), ("multi_grid", (1, 2, 4)))``.
 
@@ -126,6 +129,19 @@ class OutputConfig:
     crf: int = 20
     preset: str = "veryfast"
     preview: bool = False  # an OpenCV window (needs a display)
+    overlay: str = "fill"  # one of OVERLAYS (vidseg.composite)
+    legend: bool = False  # class names and colours drawn into the video
+    classes: tuple[str, ...] = ()  # names or ids to draw; () = every class but the background
+    json: str | None = None  # per-frame metadata, one JSON line per frame (vidseg.metadata)
+    serve: str | None = None  # HOST:PORT of the browser preview page (vidseg.preview)
+    progress: bool | None = None  # a progress bar; None: when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Prometheus metrics, /healthz and /readyz of one stage (vidseg.telemetry)."""
+
+    metrics: str | None = None  # HOST:PORT; None: off
 
 
 @dataclass(frozen=True)

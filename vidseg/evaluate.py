@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
+from .media.masks import MaskSet
 from .media.masks import mask_files as _pngs
 from .media.masks import read_mask as _read
 
@@ -77,30 +78,32 @@ def format_table(per_class: Sequence[float] | np.ndarray, class_names: Sequence[
     return "\n".join(lines)
 
 
-def load_ground_truth(folder: str, *, frames: int | None, size: tuple[int, int], num_classes: int, ignore_index: int = 255) -> list[Path]:
-    """Check a ground-truth folder against the video before any work is done; returns its files in order."""
+def load_ground_truth(folder: str, *, frames: int | None, size: tuple[int, int], num_classes: int, ignore_index: int = 255) -> MaskSet:
+    """Check ground truth (a PNG folder or a mask video) against the video before any work is done."""
     p = Path(folder)
-    if not p.is_dir():
-        raise InputError(f"masks folder {folder} does not exist; give the folder of ground-truth PNGs")
-    files = _pngs(p)
-    if not files:
-        raise InputError(f"masks folder {folder} has no PNG files; give one class-id PNG per frame")
+    if not p.exists():
+        raise InputError(f"masks folder {folder} does not exist; give the folder of ground-truth PNGs (or a masks.mkv)")
+    files = MaskSet(p)
+    what = "frames" if files.video else "PNGs"
+    if not len(files):
+        raise InputError(f"masks {'video' if files.video else 'folder'} {folder} has no {what if files.video else 'PNG files'}; "
+                         "give one class-id mask per frame")
     if frames is not None and len(files) != frames:
-        raise InputError(f"masks folder {folder} has {len(files)} PNGs but the video has {frames} frames; give one mask per frame")
-    for f in files:
-        m = _read(f)
+        raise InputError(f"masks {'video' if files.video else 'folder'} {folder} has {len(files)} {what} but the video has "
+                         f"{frames} frames; give one mask per frame")
+    for name, m in files:
         if m.shape != size:
-            raise InputError(f"mask {f.name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x{size[0]}; masks must match the frames")
+            raise InputError(f"mask {name} is {m.shape[1]}x{m.shape[0]} but the video is {size[1]}x{size[0]}; masks must match the frames")
         bad = np.unique(m[(m >= num_classes) & (m != ignore_index)])
         if bad.size:
             raise InputError(
-                f"mask {f.name} has class ids {bad[:5].tolist()} but the model has {num_classes} classes (0..{num_classes - 1}, "
+                f"mask {name} has class ids {bad[:5].tolist()} but the model has {num_classes} classes (0..{num_classes - 1}, "
                 f"{ignore_index} ignored); check --model/--num-classes or the masks"
             )
     return files
 
 
-def evaluate_dirs(pred_dir: str, gt_files: list[Path], class_names: tuple[str, ...], *, ignore_index: int = 255, fp32_dir: str | None = None) -> dict:
+def evaluate_dirs(pred_dir: str, gt_files: MaskSet, class_names: tuple[str, ...], *, ignore_index: int = 255, fp32_dir: str | None = None) -> dict:
     """mIoU and per-class IoU over all frames; pixel agreement with an fp32 run when given."""
     preds = _pngs(pred_dir)
     if len(preds) != len(gt_files):
@@ -109,8 +112,8 @@ def evaluate_dirs(pred_dir: str, gt_files: list[Path], class_names: tuple[str, .
     cm = np.zeros((n, n), np.int64)
     agree = total = 0
     ref = _pngs(fp32_dir) if fp32_dir else None
-    for i, (pf, gf) in enumerate(zip(preds, gt_files)):
-        pred, gt = _read(pf), _read(gf)
+    for i, (pf, (_, gt)) in enumerate(zip(preds, gt_files)):
+        pred = _read(pf)
         keep = gt != ignore_index
         cm += confusion_matrix(pred[keep], gt[keep], n)
         if ref is not None:

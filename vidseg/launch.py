@@ -15,8 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
+from .config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
+from .errors import InputError
 from .supervise import Stage, supervise
+from .webserver import format_address, parse_address
 
 RUN_DIR_ENV = "VIDSEG_RUN_DIR"
 RUN_PID_ENV = "VIDSEG_RUN_PID"
@@ -63,6 +65,28 @@ class RunPlan:
     devices: tuple[str, ...] = ("auto",)
     verbose: int = 0
     quiet: bool = False
+    telemetry: TelemetryConfig = TelemetryConfig()  # --metrics HOST:PORT: the source's port (stage_telemetry)
+
+
+#: ``run --metrics HOST:PORT``: where each stage serves, as an offset from PORT.
+SOURCE_PORT, SINK_PORT, FIRST_WORKER_PORT = 0, 1, 2
+
+
+def stage_telemetry(cfg: TelemetryConfig, offset: int) -> TelemetryConfig:
+    """One stage's ``--metrics`` under ``run --metrics HOST:PORT``: the source serves on PORT, the sink on
+    PORT+1 and worker i (from 0) on PORT+2+i, all on HOST."""
+    if not cfg.metrics:
+        return cfg
+    host, port = parse_address(cfg.metrics, "--metrics")
+    if port + offset > 65535:
+        raise InputError(f"--metrics {cfg.metrics}: the stages need ports {port}..{port + offset}; choose a lower port")
+    return TelemetryConfig(metrics=format_address(host, port + offset))
+
+
+def metrics_addresses(plan: "RunPlan") -> list[str]:
+    """Every ``--metrics`` address ``plan``'s stages will listen on (source, sink, workers)."""
+    offsets = [SOURCE_PORT, SINK_PORT, *(FIRST_WORKER_PORT + i for i in range(plan.workers))]
+    return [stage_telemetry(plan.telemetry, k).metrics for k in offsets] if plan.telemetry.metrics else []
 
 
 @contextlib.contextmanager
@@ -81,8 +105,10 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
     logv = ["-v"] * plan.verbose + (["-q"] if plan.quiet else [])
     flow = to_args(plan.flow)
     stages = [
-        Stage("source", base + ["source", *to_args(plan.source), "--bind", endpoint, *flow, *logv]),
-        Stage("sink", base + ["sink", "--connect", endpoint, *to_args(plan.output), *flow, *logv]),
+        Stage("source", base + ["source", *to_args(plan.source), "--bind", endpoint, *flow, *logv,
+                                *to_args(stage_telemetry(plan.telemetry, SOURCE_PORT))]),
+        Stage("sink", base + ["sink", "--connect", endpoint, *to_args(plan.output), *flow, *logv,
+                              *to_args(stage_telemetry(plan.telemetry, SINK_PORT))]),
     ]
     threads = max(1, (os.cpu_count() or 1) // plan.workers)
     for i in range(plan.workers):
@@ -90,7 +116,8 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
         model = dataclasses.replace(plan.model, device=device)
         cpu = ["--threads", str(threads)] if device in ("cpu", "auto") else []
         stages.append(Stage("worker", base + ["worker", "--connect", endpoint, *to_args(model), *to_args(plan.batch),
-                                              *cpu, *flow, *logv]))
+                                              *cpu, *flow, *logv,
+                                              *to_args(stage_telemetry(plan.telemetry, FIRST_WORKER_PORT + i))]))
     return stages
 
 

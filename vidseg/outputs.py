@@ -35,6 +35,18 @@ def check_output_path(path: str) -> Path:
     return p
 
 
+def check_json_path(path: str) -> Path:
+    """The ``--json`` metadata file: in a writable folder, not a folder itself."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"directory {parent} of --json {path} does not exist; create it first")
+    if p.is_dir():
+        raise InputError(f"--json {path} is a directory; give a file name such as frames.jsonl")
+    _probe_writable(parent, p.name, "--json file")
+    return p
+
+
 def check_masks_dir(path: str) -> Path:
     """The masks folder must be new (or empty) and its parent writable."""
     p = Path(path)
@@ -111,8 +123,11 @@ class OutputPlan:
 
 def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> OutputPlan:
     """Check every output rule that can be checked now; with ``sources`` known, all of them."""
-    if not (out.output or out.masks or out.preview):
-        raise InputError("nothing to write: give --output FILE.mp4, --masks DIR, or --preview on a machine with a display")
+    if not (out.output or out.masks or out.preview or out.json or out.serve):
+        raise InputError("nothing to write, and no display here for a preview window: watch in a browser with --serve :8080 "
+                         "(then open http://127.0.0.1:8080/), or give --output FILE.mp4, --masks DIR or --json FILE.jsonl")
+    if out.json:
+        check_json_path(out.json)
     plan = OutputPlan(out)
     for outs, flag in ((out.output, "--output"), (out.masks, "--masks")):
         for o in outs:
@@ -129,6 +144,8 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
                 check_masks_dir(m)
         return plan
     inputs = {_identity(s) for s in sources} - {None}
+    if out.json and (_identity(out.json) in inputs or Path(out.json).resolve() in {Path(s).resolve() for s in sources if not _is_url(s)}):
+        raise InputError(f"--json {out.json} is one of the inputs; choose another file name")
     seen: dict[Path, int] = {}
     for i, src in enumerate(sources):
         for path, check in ((path_for(out.output, i, src, len(sources)), check_output_path),

@@ -57,15 +57,16 @@ __all__ = [
 #: Class names; the index is the class id stored in masks (0 = background).
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "box", "triangle", "star", "bar")
 
-#: One RGB colour per class, for colourising masks.
+#: One RGB colour per class, for colourising masks: each the complement of its objects' hue band
+#: (``_CLASS_HUE``), so an overlay stands out on the object it marks instead of blending into it.
 PALETTE: np.ndarray = np.array(
     [
-        [0, 0, 0],  # background: black
-        [230, 25, 75],  # disc: red
-        [60, 180, 75],  # box: green
-        [255, 225, 25],  # triangle: yellow
-        [0, 130, 200],  # star: blue
-        [145, 30, 180],  # bar: purple
+        [0, 0, 0],  # background: black (not drawn by default)
+        [0, 220, 230],  # disc (red objects): cyan
+        [230, 40, 230],  # box (green): magenta
+        [40, 80, 255],  # triangle (yellow): blue
+        [255, 170, 0],  # star (blue): orange
+        [100, 230, 40],  # bar (purple): lime
     ],
     dtype=np.uint8,
 )

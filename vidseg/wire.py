@@ -13,7 +13,7 @@ Kinds (sender → receiver):
   mask    worker → source → sink {stream, seq, shape, dtype, worker} + class ids
   ack     sink → source      {stream, written}
   eos     source → sink      {stream, frames, lost, error}
-  stop    source → worker    {}
+  stop    source → worker    {}; worker → source: draining, send me no new frame
   hb      any → any          {}
 """
 from __future__ import annotations

@@ -12,8 +12,23 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from ..config import INFERENCE_MODES, MODES, PRECISIONS, BatchConfig, CurveConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, load_config_file, parse_arch, parse_hw
-from ..errors import VidsegError
+from ..config import (
+    INFERENCE_MODES,
+    MODES,
+    OVERLAYS,
+    PRECISIONS,
+    BatchConfig,
+    CurveConfig,
+    FlowConfig,
+    ModelConfig,
+    OutputConfig,
+    SourceConfig,
+    TelemetryConfig,
+    load_config_file,
+    parse_arch,
+    parse_hw,
+)
+from ..errors import InputError, VidsegError
 
 T = TypeVar("T")
 
@@ -81,13 +96,40 @@ source_options = compose(
     click.option("--fps", type=click.FloatRange(0.1, 1000), default=None, help="Frame rate of an image folder. [default: 25]"),
 )
 
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """HOST:PORT, :PORT or PORT -> HOST:PORT (127.0.0.1 when no host is given)."""
+    from ..webserver import normalise_address
+
+    if value is None:
+        return None
+    try:
+        return normalise_address(value, "--" + param.name)
+    except VidsegError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _class_list(ctx: click.Context, param: click.Parameter, value) -> tuple[str, ...]:
+    """``--classes car,person --classes 3`` -> ``("car", "person", "3")``."""
+    return tuple(c.strip() for v in value or () for c in str(v).split(",") if c.strip())
+
+
 output_options = compose(
     click.option("--output", "-o", multiple=True, help="Annotated H.264 MP4 to write: one per --source, or a template like out-{name}.mp4."),
-    click.option("--masks", multiple=True, help="A new folder for the class-id masks, one PNG per frame (one per --source, or a {name} template)."),
+    click.option("--masks", multiple=True, help="A new folder for the class-id masks: one PNG per frame and masks.mkv, the same ids as a lossless video (one folder per --source, or a {name} template)."),
     click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=OutputConfig.alpha, show_default=True, help="Overlay opacity."),
     click.option("--crf", type=click.IntRange(0, 51), default=OutputConfig.crf, show_default=True, help="x264 quality (lower is better)."),
     click.option("--preset", default=OutputConfig.preset, show_default=True, help="x264 speed preset (ultrafast … veryslow)."),
-    click.option("--preview/--no-preview", default=None, help="Show the annotated stream in a window. [default: on when there is no --output]"),
+    click.option("--preview/--no-preview", default=None, help="Show the annotated stream in a window (needs a display). [default: on when nothing else is written and there is a display]"),
+    click.option("--overlay", type=click.Choice(OVERLAYS), default=OutputConfig.overlay, show_default=True, help="How masks are drawn: blended fill, contour lines, both, source and fill side by side, or the class colours alone."),
+    click.option("--legend/--no-legend", default=OutputConfig.legend, show_default=True, help="Draw the class names and colours into the video."),
+    click.option("--classes", multiple=True, callback=_class_list, metavar="NAMES", help="Draw only these classes: names or ids, comma-separated (e.g. car,person). [default: all but background]"),
+    click.option("--json", default=None, metavar="FILE.jsonl", help="Write per-frame metadata: one JSON line per frame (stream, seq, pts, class pixel fractions, latency)."),
+    click.option("--serve", default=None, callback=_address, metavar="HOST:PORT", help="Serve a live preview page (MJPEG, legend, figures) at http://HOST:PORT/ (HOST defaults to 127.0.0.1)."),
+    click.option("--progress/--no-progress", default=None, help="A progress bar per stream. [default: when stderr is a terminal]"),
+)
+
+telemetry_options = compose(
+    click.option("--metrics", default=None, callback=_address, metavar="HOST:PORT", help="Serve Prometheus /metrics, /healthz and /readyz on HOST:PORT (pip install 'vidseg[metrics]')."),
 )
 
 curve_client_options = compose(
@@ -122,9 +164,21 @@ def config_of(cls: type[T], kw: dict[str, Any], **overrides: Any) -> T:
 
 
 def preview_default(kw: dict[str, Any]) -> bool:
-    """A preview window is on when asked for, or when nothing else would be written."""
+    """A preview window is on when asked for, or when nothing else would be written and a display exists.
+
+    Without a display, asking for the window is an error that says how to
+    watch in a browser instead (OpenCV's Qt would abort the process).
+    """
+    from ..preview import has_display
+
     preview = kw.get("preview")
-    return bool(preview if preview is not None else not (kw.get("output") or kw.get("masks")))
+    if preview and not has_display():
+        raise InputError("--preview needs a display and there is none here (DISPLAY is not set); "
+                         "watch in a browser instead with --serve :8080, then open http://127.0.0.1:8080/")
+    if preview is not None:
+        return bool(preview)
+    nothing_else = not (kw.get("output") or kw.get("masks") or kw.get("json") or kw.get("serve"))
+    return nothing_else and has_display()
 
 
 def setup_logging(role: str, verbose: int, quiet: bool) -> None:
@@ -196,7 +250,8 @@ config_option = click.option(
 )
 
 __all__ = [
-    "BatchConfig", "CurveConfig", "FlowConfig", "ModelConfig", "OutputConfig", "SourceConfig", "batch_options",
+    "BatchConfig", "CurveConfig", "FlowConfig", "ModelConfig", "OutputConfig", "SourceConfig", "TelemetryConfig", "batch_options",
     "compose", "config_of", "config_option", "curve_client_options", "curve_server_options", "flow_options",
     "log_options", "model_options", "output_options", "preview_default", "setup_logging", "source_options",
+    "telemetry_options",
 ]

@@ -13,6 +13,7 @@ from .options import (
     ModelConfig,
     OutputConfig,
     SourceConfig,
+    TelemetryConfig,
     batch_options,
     config_of,
     config_option,
@@ -23,6 +24,7 @@ from .options import (
     preview_default,
     setup_logging,
     source_options,
+    telemetry_options,
 )
 from .stages import DEMO, resolve_source
 
@@ -39,19 +41,28 @@ DEMO_OUTPUT = "vidseg-demo.mp4"
 @batch_options
 @output_options
 @flow_options
+@telemetry_options
 @click.option("--print-config", is_flag=True, help="Print the settings after defaults < --config < flags, and exit.")
 @log_options
 def run(sources: tuple[str, ...], workers: int, devices: str | None, print_config: bool, verbose: int, quiet: bool, **kw) -> None:
-    """Run source, worker(s) and sink as separate processes on private ipc:// endpoints."""
+    """Run source, worker(s) and sink as separate processes on private ipc:// endpoints.
+
+    With --metrics HOST:PORT the source serves /metrics, /healthz and /readyz on PORT, the sink on PORT+1 and
+    worker i (from 0) on PORT+2+i. With --serve HOST:PORT the sink serves the preview page there.
+    """
     sources = tuple(sources) or (DEMO,)
     if print_config:
         _print_config({"source": list(sources), "workers": workers, "devices": devices, **kw})
         return
-    from ..launch import MODEL_FILE, RunPlan, launch, run_dir
+    from ..composite import shown_classes
+    from ..errors import InputError
+    from ..launch import MODEL_FILE, RunPlan, launch, metrics_addresses, run_dir
     from ..media.decode import open_source
     from ..outputs import plan_outputs
     from ..predictor import resolve_device
+    from ..webserver import check_free, url_of
     from ..zoo import demo_model, freeze_for_workers
+    from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("run", verbose, quiet)
     log = logging.getLogger("vidseg.run")
@@ -70,15 +81,25 @@ def run(sources: tuple[str, ...], workers: int, devices: str | None, print_confi
     device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (mcfg.device,)
     for d in device_list:
         resolve_device(d, mcfg.precision)
+    plan = RunPlan(src, mcfg, config_of(BatchConfig, kw), out, config_of(FlowConfig, kw), workers=workers,
+                   devices=device_list, verbose=verbose, quiet=quiet, telemetry=config_of(TelemetryConfig, kw))
+    addresses = metrics_addresses(plan)
+    if out.serve in addresses:
+        raise InputError(f"--serve {out.serve} is one of the --metrics ports ({', '.join(addresses)}); choose another")
+    for address, flag in [*((a, "--metrics") for a in addresses), *(((out.serve, "--serve"),) if out.serve else ())]:
+        check_free(address, flag)
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)
+        try:
+            shown_classes(card.class_names, out.classes)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         if card.random_init:
-            log.warning("%s has random weights: the masks show the pipeline working, not a segmentation; "
-                        "pass --weights FILE or a zoo --model", card.name)
-        log.info("%s -> %s with %s, %d worker(s) on %s", ", ".join(srcs), ", ".join(out.output or out.masks) or "preview",
+            log.warning("%s has %s", card.name, RANDOM_WEIGHTS_NOTE)
+        where = [*out.output, *out.masks, *((out.json,) if out.json else ()), *((url_of(out.serve) + "/",) if out.serve else ())]
+        log.info("%s -> %s with %s, %d worker(s) on %s", ", ".join(srcs), ", ".join(where) or "preview window",
                  card.name, workers, ",".join(device_list))
-        launch(RunPlan(src, mcfg, config_of(BatchConfig, kw), out, config_of(FlowConfig, kw), workers=workers,
-                       devices=device_list, verbose=verbose, quiet=quiet), folder)
+        launch(dataclasses.replace(plan, model=mcfg), folder)
     for o in out.output:
         if "{" not in o:
             click.echo(o)
@@ -94,7 +115,7 @@ def _print_config(settings: dict) -> None:
 @click.command("eval")
 @config_option
 @click.option("--source", "-s", required=True, help="Video file to segment.")
-@click.option("--masks", "gt_masks", required=True, help="Folder of ground-truth class-id PNGs, one per frame, in frame order.")
+@click.option("--masks", "gt_masks", required=True, help="Ground truth: a folder of class-id PNGs, one per frame in frame order, or a masks.mkv written by --masks.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
 @click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Ground-truth id to ignore.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -12,6 +13,7 @@ from .options import (
     ModelConfig,
     OutputConfig,
     SourceConfig,
+    TelemetryConfig,
     batch_options,
     config_of,
     config_option,
@@ -24,6 +26,7 @@ from .options import (
     preview_default,
     setup_logging,
     source_options,
+    telemetry_options,
 )
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -55,22 +58,28 @@ def resolve_source(source: str) -> str:
 @source_options
 @curve_server_options
 @flow_options
+@telemetry_options
 @log_options
 def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Decode sources and dispatch their frames to workers."""
     from ..launch import remove_run_dir
     from ..stages.base import peak_rss_mib
     from ..stages.source import SourceStage
+    from ..telemetry import Telemetry
 
     setup_logging("source", verbose, quiet)
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
+    tel = Telemetry("source", config_of(TelemetryConfig, kw))
     try:
-        res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
+        res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
+                                telemetry=tel))
     finally:
+        tel.close()
         remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
-        log.info("stream %d done: %d frames sent, %d lost to decoding, %d dropped (live)", sid, n, res.lost[sid], res.dropped[sid])
+        drops = f", {res.dropped[sid]} stale frame(s) dropped (live)" if res.modes[sid] == "live" else ""
+        log.info("stream %d done: %d frames sent, %d lost to decoding%s", sid, n, res.lost[sid], drops)
     log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped; peak RSS %.0f MiB", res.redispatched, res.malformed, peak_rss_mib())
 
 
@@ -83,30 +92,46 @@ def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
 @batch_options
 @curve_client_options
 @flow_options
+@telemetry_options
 @log_options
 def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quiet: bool, **kw) -> None:
     """Run a model on frames from a source; return class masks."""
+    import time
+
     from ..predictor import Segmenter
     from ..stages.base import peak_rss_mib
     from ..stages.worker import WorkerStage
+    from ..telemetry import Telemetry
     from ..zoo import load_model
+    from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("worker", verbose, quiet)
-    if threads:
-        import torch
+    # Health answers while the model loads (/readyz: 503 "loading the model").
+    tel = Telemetry("worker", config_of(TelemetryConfig, kw))
+    tel.not_ready("loading the model")
+    try:
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    mcfg = config_of(ModelConfig, kw)
-    model, card = load_model(mcfg)
-    seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
-                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
-    log = logging.getLogger("vidseg.worker")
-    log.info("%s on %s (%s), input: %s", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.describe())
-    if (note := seg.deviation()) is not None:
-        log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
-                 mcfg.input_size)
-    res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw)))
+            torch.set_num_threads(threads)
+        mcfg = config_of(ModelConfig, kw)
+        t0 = time.monotonic()
+        model, card = load_model(mcfg)
+        seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
+                        inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
+        load_seconds = time.monotonic() - t0
+        log = logging.getLogger("vidseg.worker")
+        log.info("%s on %s (%s), input: %s", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.describe())
+        if (note := seg.deviation()) is not None:
+            log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
+                     mcfg.input_size)
+        if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
+            log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
+        res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
+                                batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw), telemetry=tel,
+                                load_seconds=load_seconds))
+    finally:
+        tel.close()
     log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
 
 
@@ -116,22 +141,36 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
 @output_options
 @curve_client_options
 @flow_options
+@telemetry_options
 @log_options
 def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Reorder, composite and encode the annotated stream."""
     from ..errors import FramesLost
     from ..stages.base import peak_rss_mib
     from ..stages.sink import SinkStage
+    from ..telemetry import Telemetry
+    from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("sink", verbose, quiet)
     out = config_of(OutputConfig, kw, preview=preview_default(kw))
-    res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
+    tel = Telemetry("sink", config_of(TelemetryConfig, kw))
+    try:
+        res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
+                              telemetry=tel))
+    finally:
+        tel.close()
     log = logging.getLogger("vidseg.sink")
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
-        drops = f", {r.dropped} stale frame(s) dropped (live)" if r.dropped else ""
+        drops = f", {r.dropped} stale frame(s) dropped (live)" if r.live else ""
         log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
+    if res.json:
+        log.info("per-frame metadata -> %s", res.json)
     log.info("%d frames in %.2f s (%.1f frames/s); peak RSS %.0f MiB", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), peak_rss_mib())
+    if not quiet:
+        click.echo(res.summary(), err=True)
+    if res.random_init:
+        log.warning("%s", RANDOM_WEIGHTS_NOTE)
     if res.lost:
         where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(

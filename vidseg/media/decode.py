@@ -6,6 +6,7 @@ truncation detection, timeouts), cameras with OpenCV. Every reader iterates
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -144,8 +145,9 @@ class CameraReader(FrameReader):
         m = _CAM.match(uri)
         assert m, uri
         self.index = int(m.group(1))
-        self._cap = cv2.VideoCapture(self.index)
-        ok = self._cap.isOpened()
+        with _opencv_quiet():  # each backend that fails to open prints WARN/ERROR lines before our own error
+            self._cap = cv2.VideoCapture(self.index)
+            ok = self._cap.isOpened()
         frame = None
         if ok:
             deadline = time.monotonic() + open_timeout
@@ -301,6 +303,23 @@ class StreamReader(FrameReader):
 
     def close(self) -> None:
         self._close()
+
+
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """Silence OpenCV's own log (backend probing noise) for the duration; restore its level afterwards."""
+    import cv2
+
+    logging_ = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_ is None:  # a build without cv2.utils.logging
+        yield
+        return
+    previous = logging_.getLogLevel()
+    logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging_.setLogLevel(previous)
 
 
 def is_stream_url(uri: str) -> bool:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import zmq
 
 from ..config import FlowConfig
 from ..errors import TransportError, WireError
+from ..telemetry import Sample, Telemetry
 from ..transport import install_drain_handlers, recv
 from ..wire import Message
 
@@ -24,7 +25,7 @@ class Stage:
 
     role = "stage"
 
-    def __init__(self, sock: zmq.Socket, flow: FlowConfig, *, routed: bool):
+    def __init__(self, sock: zmq.Socket, flow: FlowConfig, *, routed: bool, telemetry: Telemetry | None = None):
         self.sock = sock
         self.flow = flow
         self.routed = routed
@@ -36,6 +37,9 @@ class Stage:
         self._last_hb = 0.0
         self._last_reject_log = -REJECT_LOG_INTERVAL
         self._unlogged = 0
+        # /metrics and /readyz read this stage's state when asked (see ready() and samples()).
+        self.telemetry = telemetry or Telemetry(self.role)
+        self.telemetry.attach(self)
 
     # -- receiving ----------------------------------------------------------
     def receive(self, handle: Callable[[bytes | None, Message, float], None], *, budget: int = RECEIVE_BUDGET) -> int:
@@ -82,6 +86,24 @@ class Stage:
         if now - last_seen > limit:
             raise TransportError(f"{what} stopped responding for {limit:.0f} s; check that process")
 
+    # -- telemetry --------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        """``(ready, why not)`` for /readyz: connected and with what it needs (each stage says what)."""
+        return False, "starting"
+
+    def heard_from_source(self, heard: bool, last_heard: float, endpoint: str, waiting: str) -> tuple[bool, str]:
+        """Readiness of a stage that needs its source: ``waiting`` until it first answers, then not ready after
+        ``peer_timeout`` of silence."""
+        if not heard:
+            return False, waiting
+        if time.monotonic() - last_heard > self.flow.peer_timeout:
+            return False, f"the source at {endpoint} has been silent for over {self.flow.peer_timeout:g} s"
+        return True, ""
+
+    def samples(self) -> Iterator[Sample]:
+        """This stage's figures for /metrics, read from its state (vidseg.telemetry.METRICS)."""
+        yield "vidseg_malformed_messages", self.malformed, ()
+
     # -- signals and clean-up ----------------------------------------------
     def drain(self) -> None:
         """First SIGINT/SIGTERM: finish what is in flight (each stage says what that means)."""
@@ -93,6 +115,7 @@ class Stage:
 
     def close(self) -> None:
         self.sock.close()
+        self.telemetry.close()
 
 
 def peak_rss_mib() -> float:

@@ -8,21 +8,28 @@ after some frames were written, finalised so the work done is kept).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
-from ..composite import Compositor, make_palette
+from ..composite import Compositor, make_palette, shown_classes
 from ..config import CurveConfig, FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError
 from ..media.encode import VideoWriter
 from ..media.masks import MaskWriter
+from ..metadata import MetadataWriter
 from ..outputs import OutputPlan, plan_outputs
+from ..preview import PreviewServer
+from ..progress import Bars, StreamSummary, progress_default, summary_table
 from ..reorder import ReorderBuffer
+from ..telemetry import Telemetry
 from ..transport import dealer, ignore_signals, send_msg
+from ..zoo.card import RANDOM_WEIGHTS_NOTE
 from .base import Stage
 
 log = logging.getLogger("vidseg.sink")
@@ -39,6 +46,11 @@ class StreamResult:
     error: str | None = None
     latency_p50: float | None = None  # seconds from grab to written (live mode)
     latency_p99: float | None = None
+    redispatched: int = 0
+    seconds: float = 0.0  # from the stream's start to its last frame written
+    per_worker: dict[str, int] = field(default_factory=dict)
+    name: str = ""
+    live: bool = False
 
 
 @dataclass
@@ -46,6 +58,13 @@ class SinkResult:
     streams: dict[int, StreamResult]
     malformed: int
     seconds: float
+    random_init: bool = False  # the model had random weights: its masks are meaningless
+    json: str | None = None
+
+    def summary(self) -> str:
+        """The final table: per stream frames, duration, frames/s, latency, drops, re-dispatches, frames per worker."""
+        return summary_table([StreamSummary(sid, r.name, r.frames, r.seconds, r.latency_p50, r.latency_p99, r.dropped,
+                                            r.redispatched, r.per_worker, r.live) for sid, r in self.streams.items()])
 
     @property
     def frames(self) -> int:
@@ -62,11 +81,27 @@ class SinkStage(Stage):
     role = "sink"
 
     def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(),
-                 curve: CurveConfig = CurveConfig()):
+                 curve: CurveConfig = CurveConfig(), telemetry: Telemetry | None = None):
         self.plan = plan_outputs(out)
-        super().__init__(dealer(endpoint, linger=2000, curve=curve), flow, routed=False)
+        # The page is up before any work (a busy port fails now); it says "connecting" until a stream starts.
+        self.preview = PreviewServer(out.serve) if out.serve else None
+        try:
+            super().__init__(dealer(endpoint, linger=2000, curve=curve), flow, routed=False, telemetry=telemetry)
+        except BaseException:
+            if self.preview is not None:
+                self.preview.close()
+            raise
         self.out = out
         self.endpoint = endpoint
+        self.streams: dict[int, _Out] = {}
+        self.workers_seen: dict[str, float] = {}  # worker -> when its last mask was written (monotonic)
+        self.meta: MetadataWriter | None = None
+        self.json_path: str | None = None
+        self.bars = Bars(progress_default(out.progress))
+        self._connected = False
+        self._last_seen = 0.0
+        if self.preview is not None:
+            self.preview.set_stats(self.live_figures)
         # Open the preview window now so a machine without a display fails before any work.
         self._window = _Preview("vidseg") if out.preview else None
 
@@ -74,6 +109,12 @@ class SinkStage(Stage):
         deadline = time.monotonic() + self.flow.connect_timeout
         last_hello = 0.0
         infos: list = []
+
+        def heard(_ident, msg, now: float) -> None:
+            self._connected, self._last_seen = True, now  # a source answered (/readyz)
+            if msg.kind == "info":
+                infos.append(msg)
+
         while not infos:
             now = time.monotonic()
             if now > deadline:
@@ -85,19 +126,25 @@ class SinkStage(Stage):
                 send_msg(self.sock, "hello", role="sink")
                 last_hello = now
             if self.wait(0.5):
-                self.receive(lambda _i, msg, _t: infos.append(msg) if msg.kind == "info" else None, budget=1)
+                self.receive(heard, budget=1)
         return infos[0]
 
     def _open_stream(self, streams: dict, info) -> None:
         sid = int(info["stream"])
         if sid not in streams:  # a repeated info (source restart) must not reopen outputs
-            streams[sid] = _Out(info, self.out, self.plan, self.flow, self._window)
+            if self.out.json and self.meta is None:
+                self.meta = MetadataWriter(self.out.json)
+            streams[sid] = o = _Out(info, self.out, self.plan, self.flow, self._window, self)
+            self.bars.add(sid, o.name, o.expected_total)
+            if self.preview is not None:
+                self.preview.add_stream(sid, o.name)
+                self.preview.set_legend(o.class_names, o.palette.tolist(), o.compose.shown)
 
     def run(self) -> SinkResult:
         flow = self.flow
         first = self._wait_info()
         t_start = time.monotonic()
-        streams: dict[int, _Out] = {}
+        streams = self.streams
         self._last_seen = last_log = time.monotonic()
 
         def handle(_ident, msg, now: float) -> None:
@@ -126,7 +173,7 @@ class SinkStage(Stage):
                 now = time.monotonic()
                 if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
-                if now - last_log >= 5.0:
+                if now - last_log >= 5.0 and not self.bars.enabled:  # the bars say it on a terminal; this is for logs
                     last_log = now
                     for o in streams.values():
                         self.log.info("stream %d: %s", o.sid, o.progress(now - t_start))
@@ -134,40 +181,100 @@ class SinkStage(Stage):
         finally:
             # Finalising must not be cut short by a second signal: that would lose the whole output.
             ignore_signals()
+            self.bars.close()
             if self._window is not None:
                 self._window.close()
             for o in streams.values():
                 o.finish()
+            if self.meta is not None:
+                done = bool(streams) and all(o.done and o.error is None for o in streams.values())
+                self.json_path = self.meta.close(keep=done or any(o.buf.next for o in streams.values()))
         for o in streams.values():
             send_msg(self.sock, "ack", stream=o.sid, written=o.buf.next, final=True)
         results = {sid: o.result() for sid, o in streams.items()}
         errors = [r.error for r in results.values() if r.error]
         if errors:
             raise StageError(f"the source failed: {errors[0]}; finished frames were kept")
-        return SinkResult(results, self.malformed, time.monotonic() - t_start)
+        return SinkResult(results, self.malformed, time.monotonic() - t_start,
+                          random_init=any(o.random_init for o in streams.values()), json=self.json_path)
+
+    def close(self) -> None:
+        super().close()
+        if self.preview is not None:
+            self.preview.close()
+
+    # -- telemetry and the preview's figures -----------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        return self.heard_from_source(self._connected, self._last_seen, self.endpoint,
+                                      f"no source has answered at {self.endpoint} yet")
+
+    def active_workers(self, within: float = 5.0) -> int:
+        """Workers whose masks were written in the last ``within`` seconds."""
+        now = time.monotonic()
+        return sum(1 for t in list(self.workers_seen.values()) if now - t <= within)
+
+    def samples(self):
+        yield from super().samples()
+        for o in list(self.streams.values()):
+            sid = (o.sid,)
+            yield "vidseg_sink_frames_received", o.received, sid
+            yield "vidseg_sink_masks_received", o.masks_in, sid
+            yield "vidseg_sink_frames_written", o.buf.next, sid
+            yield "vidseg_sink_frames_dropped", o.dropped, sid
+            yield "vidseg_sink_frames_buffered", len(o.buf.frames), sid
+        yield "vidseg_sink_workers", self.active_workers(), ()
+        if self.preview is not None:
+            yield "vidseg_sink_preview_viewers", self.preview.viewers, ()
+
+    def live_figures(self) -> dict:
+        """What the preview page shows, per stream and overall."""
+        streams = {o.sid: o.figures() for o in list(self.streams.values())}
+        random = any(o.random_init for o in list(self.streams.values()))
+        model = next((o.model for o in list(self.streams.values())), None)
+        return {"streams": streams, "workers": self.active_workers(), "model": model,
+                "warning": RANDOM_WEIGHTS_NOTE if random else None}
 
 
 class _Out:
     """One stream's reorder buffer and outputs."""
 
-    def __init__(self, info, out: OutputConfig, plan: OutputPlan, flow: FlowConfig, window):
+    def __init__(self, info, out: OutputConfig, plan: OutputPlan, flow: FlowConfig, window, sink: SinkStage):
         self.sid = int(info["stream"])
         n_streams = int(info.header.get("streams", 1))
         source = info.header.get("source", "")
+        self.name = Path(str(source)).name or f"stream {self.sid}"
+        self.live = info.header.get("mode") == "live"
         card = info.header.get("card") or {}
-        palette = np.asarray(card.get("palette") or make_palette(256).tolist(), np.uint8)
-        self.compose = Compositor(palette, out.alpha)
+        self.model = card.get("name")
+        self.random_init = bool(card.get("random_init"))
+        self.class_names = tuple(str(n) for n in card.get("class_names") or ())
+        self.palette = palette = np.asarray(card.get("palette") or make_palette(256).tolist(), np.uint8)
+        try:
+            shown = shown_classes(self.class_names, out.classes) if self.class_names else None
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self.compose = Compositor(palette, out.alpha, style=out.overlay, shown=shown, class_names=self.class_names,
+                                  legend=out.legend)
         self.fps = Fraction(*info["fps"])
         self.announced = info.header.get("frames")
         self.window = window
+        self.sink = sink
         path = plan.video_for(self.sid, source, n_streams)
         mpath = plan.masks_for(self.sid, source, n_streams)
+        width, height = self.compose.output_size(int(info["width"]), int(info["height"]))
         self.writer = (
-            VideoWriter(path, width=int(info["width"]), height=int(info["height"]), fps=self.fps,
+            VideoWriter(path, width=width, height=height, fps=self.fps,
                         audio_from=info.header.get("audio"), crf=out.crf, preset=out.preset)
             if path else None
         )
-        self.masks = MaskWriter(mpath) if mpath else None
+        self.masks = MaskWriter(mpath, fps=self.fps) if mpath else None
+        self.received = self.masks_in = self.redispatched = 0
+        self.per_worker: collections.Counter[str] = collections.Counter()
+        self._worker: dict[int, str] = {}
+        self._written_at: collections.deque[float] = collections.deque(maxlen=64)  # for the live frames/s
+        self.t_start = self.t_last = time.monotonic()
+        self._latency = sink.telemetry.histogram("vidseg_sink_latency_seconds").labels(str(self.sid))
+        self._write_time = sink.telemetry.histogram("vidseg_sink_write_seconds")
         self.buf = ReorderBuffer(capacity=2 * flow.window + 4)
         self.expected: int | None = None
         self.lost = self.dropped = 0
@@ -185,11 +292,17 @@ class _Out:
     def handle(self, msg) -> None:
         if msg.kind == "frame":
             self.buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
+            self.received += 1
+            if "dropped" in msg.header:  # live: the source's drops so far
+                self.dropped = max(self.dropped, int(msg.header["dropped"]))
         elif msg.kind == "mask":
             t_read = msg.header.get("t_read")
             self.buf.add_mask(int(msg["seq"]), msg.array)
+            self.masks_in += 1
             if t_read is not None:
                 self._t_read[int(msg["seq"])] = float(t_read)
+            if msg.header.get("worker") is not None:
+                self._worker[int(msg["seq"])] = str(msg.header["worker"])
         elif msg.kind == "eos":
             if int(msg["frames"]) < 0:
                 self.error = msg.header.get("error") or "the source stopped"
@@ -197,9 +310,12 @@ class _Out:
             self.expected = int(msg["frames"])
             self.lost = int(msg.header.get("lost", 0))
             self.dropped = int(msg.header.get("dropped", 0))
-        for seq, frame, _pts, mask in self.buf.pop_ready():
+            self.redispatched = int(msg.header.get("redispatched", 0))
+            self.sink.bars.set_total(self.sid, self.expected)
+        for seq, frame, pts, mask in self.buf.pop_ready():
             if mask.shape != frame.shape[:2]:
                 raise StageError(f"a worker returned a {mask.shape} mask for a {frame.shape[:2]} frame")
+            t0 = time.perf_counter()
             annotated = self.compose(frame, mask)
             if self.writer is not None:
                 self.writer.write(annotated)
@@ -207,10 +323,53 @@ class _Out:
                 self.window.show(annotated)
             if self.masks is not None:
                 self.masks.write(seq, mask)
+            self._write_time.observe(time.perf_counter() - t0)
             t_read = self._t_read.pop(seq, None)
+            latency = None
             if t_read is not None:
-                self.latencies[self.n_latencies % len(self.latencies)] = time.time() - t_read
+                latency = time.time() - t_read
+                self.latencies[self.n_latencies % len(self.latencies)] = latency
                 self.n_latencies += 1
+                self._latency.observe(latency)
+            worker = self._worker.pop(seq, None)
+            self.t_last = now = time.monotonic()
+            self._written_at.append(now)
+            if worker is not None:
+                self.per_worker[worker] += 1
+                self.sink.workers_seen[worker] = now
+            if self.sink.meta is not None:
+                self.sink.meta.write(stream=self.sid, seq=seq, pts=pts, latency=latency, worker=worker, mask=mask,
+                                     class_names=self.class_names)
+            if self.sink.preview is not None:
+                self.sink.preview.publish(self.sid, annotated)
+            self.sink.bars.update(self.sid)
+
+    @property
+    def expected_total(self) -> int | None:
+        return self.expected if self.expected is not None else self.announced
+
+    def _latency_percentiles(self, recent: int | None = None) -> tuple[float | None, float | None]:
+        n = min(self.n_latencies, len(self.latencies))
+        if not n:
+            return None, None
+        if recent is None or recent >= n:
+            lat = self.latencies[:n]
+        else:  # the most recent entries of the ring
+            end = self.n_latencies % len(self.latencies)
+            lat = np.take(self.latencies, np.arange(end - recent, end), mode="wrap")
+        p50, p99 = np.percentile(lat, [50, 99])
+        return float(p50), float(p99)
+
+    def figures(self) -> dict:
+        """Live figures for the preview page: frames/s over the last frames, latency of the last 256."""
+        times = list(self._written_at)
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+        if times and time.monotonic() - times[-1] > 2.0:
+            fps = 0.0  # nothing written lately
+        p50, p99 = self._latency_percentiles(recent=256)
+        return {"frames": self.buf.next, "expected": self.expected_total, "fps": fps,
+                "latency_p50_ms": None if p50 is None else p50 * 1000, "latency_p99_ms": None if p99 is None else p99 * 1000,
+                "dropped": self.dropped if self.live else None, "done": self.done}
 
     def progress(self, seconds: float) -> str:
         total = f"/{self.expected}" if self.expected is not None else (f"/~{self.announced}" if self.announced else "")
@@ -234,11 +393,10 @@ class _Out:
             self.masks = None
 
     def result(self) -> StreamResult:
-        lat = self.latencies[: min(self.n_latencies, len(self.latencies))] if self.n_latencies else None
+        p50, p99 = self._latency_percentiles()
         return StreamResult(
-            self.buf.next, self.expected or 0, self.lost, self.dropped, self.output, self.masks_dir, self.error,
-            float(np.percentile(lat, 50)) if lat is not None else None,
-            float(np.percentile(lat, 99)) if lat is not None else None,
+            self.buf.next, self.expected or 0, self.lost, self.dropped, self.output, self.masks_dir, self.error, p50, p99,
+            self.redispatched, self.t_last - self.t_start, dict(self.per_worker), self.name, self.live,
         )
 
 

@@ -31,6 +31,7 @@ import zmq
 from ..config import CurveConfig, FlowConfig, SourceConfig
 from ..errors import StageError, TransportError
 from ..media.decode import FrameReader, open_source
+from ..telemetry import Telemetry
 from ..transport import PeerGone, router, send, send_msg
 from ..wire import pack
 from .base import Stage
@@ -45,6 +46,7 @@ class _Worker:
     last_seen: float
     inflight: set[tuple[int, int]] = field(default_factory=set)
     card: dict | None = None
+    leaving: bool = False  # draining: no new frames; forgotten once its frames are back
 
 
 class _LiveGrabber:
@@ -100,6 +102,7 @@ class _Stream:
     written: int = 0  # acknowledged by the sink
     eof: bool = False
     eos_sent: bool = False
+    redispatched: int = 0
     inflight: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
 
     @property
@@ -137,6 +140,7 @@ class SourceResult:
     dropped: dict[int, int]
     redispatched: int
     malformed: int
+    modes: dict[int, str] = field(default_factory=dict)
 
 
 class SourceStage(Stage):
@@ -144,7 +148,8 @@ class SourceStage(Stage):
 
     role = "source"
 
-    def __init__(self, src: SourceConfig, *, endpoint: str, flow: FlowConfig = FlowConfig(), curve: CurveConfig = CurveConfig()):
+    def __init__(self, src: SourceConfig, *, endpoint: str, flow: FlowConfig = FlowConfig(), curve: CurveConfig = CurveConfig(),
+                 telemetry: Telemetry | None = None):
         self.streams: list[_Stream] = []
         self._auth = None
         try:
@@ -155,12 +160,15 @@ class SourceStage(Stage):
         except BaseException:
             self._close_streams()
             raise
-        super().__init__(sock, flow, routed=True)
+        super().__init__(sock, flow, routed=True, telemetry=telemetry)
         self.workers: dict[bytes, _Worker] = {}
+        self.worker_frames: collections.Counter[str] = collections.Counter()  # masks returned, per worker
+        self._mask_latency = self.telemetry.histogram("vidseg_source_mask_latency_seconds")
         self.sink: bytes | None = None
         self.sink_seen = 0.0
         self.redispatched = 0
         self._redo: collections.deque[tuple[int, int]] = collections.deque()
+        self._asked: dict[bytes, float] = {}  # unknown peer -> when it was last asked to say hello
 
     def _close_streams(self) -> None:
         for s in self.streams:
@@ -195,14 +203,17 @@ class SourceStage(Stage):
                 if self.sink not in (None, ident):
                     log.warning("a second sink connected; ignoring it")
                     return
+                if self.sink is None:  # the sink repeats its hello until the stream starts: say it once
+                    log.info("sink connected")
                 self.sink, self.sink_seen = ident, now
-                log.info("sink connected")
+                self._answer(ident)
             elif role == "worker":
                 credits = max(1, int(msg.header.get("credits", self.flow.credits)))
                 old = self.workers.get(ident)
                 if old is not None:  # a restarted worker: what it held is lost
                     self._requeue(old)
                 self.workers[ident] = _Worker(ident, credits, now, card=msg.header.get("card"))
+                self._answer(ident)
                 log.info("worker %s connected (pid %s, %d credits)", ident.hex(), msg.header.get("pid"), credits)
             return
         if ident == self.sink:
@@ -214,14 +225,24 @@ class SourceStage(Stage):
             return
         w = self.workers.get(ident)
         if w is None:
-            # A worker that was written off (or never said hello): ask it to introduce itself.
-            try:
-                send_msg(self.sock, "hb", identity=ident, rehello=True)
-            except TransportError:
-                pass
+            # A worker that was written off (or never said hello): ask it to introduce itself, once
+            # per heartbeat: after a network cut heals, its queued heartbeats arrive in a burst, and
+            # each hello they provoked would throw away the frames it had just been given.
+            if now - self._asked.get(ident, -1e9) >= self.flow.heartbeat:
+                if len(self._asked) > 1024:  # bounded whatever peers send
+                    self._asked.clear()
+                self._asked[ident] = now
+                try:
+                    send_msg(self.sock, "hb", identity=ident, rehello=True)
+                except TransportError:
+                    pass
             return
         w.last_seen = now
-        if kind == "mask":
+        if kind == "stop":
+            if not w.leaving:
+                log.info("worker %s is draining: no new frames for it, %d still in flight", ident.hex(), len(w.inflight))
+            w.leaving = True
+        elif kind == "mask":
             key = (int(msg["stream"]), int(msg["seq"]))
             if key in w.inflight:
                 w.inflight.discard(key)
@@ -229,8 +250,24 @@ class SourceStage(Stage):
             st = self._stream(key[0])
             if st is not None and key[1] in st.inflight:
                 _, _, t_read = st.inflight.pop(key[1])
+                self.worker_frames[ident.hex()] += 1
+                self._mask_latency.observe(time.time() - t_read)
                 # Relay the mask with the same buffer, no copy.
                 self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=ident.hex(), t_read=t_read))
+        if w.leaving and not w.inflight:
+            log.info("worker %s left (drained)", ident.hex())
+            del self.workers[ident]
+            try:
+                send_msg(self.sock, "stop", identity=ident)
+            except TransportError:
+                pass
+
+    def _answer(self, ident: bytes) -> None:
+        """A heartbeat in reply to a hello: the peer knows a source is there (its /readyz) before any work."""
+        try:
+            send_msg(self.sock, "hb", identity=ident)
+        except TransportError:
+            pass  # gone again: its timeouts will tell
 
     def _lost(self, st: _Stream) -> int:
         # Frames left unread by a drain were not lost to decoding: only a decode failure counts.
@@ -253,6 +290,7 @@ class SourceStage(Stage):
     def _requeue(self, w: _Worker) -> None:
         for key in sorted(w.inflight):
             self._redo.append(key)
+            self.streams[key[0]].redispatched += 1
         self.redispatched += len(w.inflight)
         w.inflight.clear()
 
@@ -266,7 +304,7 @@ class SourceStage(Stage):
         so a fresh frame never waits behind another in a worker's queue."""
         best = None
         for w in self.workers.values():
-            if w.credits > 0 and (not live or not w.inflight) and (best is None or w.credits > best.credits):
+            if w.credits > 0 and not w.leaving and (not live or not w.inflight) and (best is None or w.credits > best.credits):
                 best = w
         return best
 
@@ -304,7 +342,9 @@ class SourceStage(Stage):
                 seq = st.n
                 st.n += 1
                 st.inflight[seq] = item
-                self._to_sink(pack("frame", item[0], stream=st.id, seq=seq, pts=item[1]))
+                # Live streams tell the sink their drops as they happen (its preview and metrics show them).
+                live = {"dropped": st.dropped} if st.grabber is not None else {}
+                self._to_sink(pack("frame", item[0], stream=st.id, seq=seq, pts=item[1], **live))
                 self._send_frame(w, st, seq)
                 progress = True
 
@@ -341,7 +381,8 @@ class SourceStage(Stage):
                         lost = self._lost(st)
                         if lost:
                             log.info("stream %d: %d frame(s) could not be decoded", st.id, lost)
-                        self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=lost, dropped=st.dropped))
+                        self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=lost, dropped=st.dropped,
+                                           redispatched=st.redispatched))
                         st.eos_sent = True
                 if all(st.finished for st in self.streams):
                     break
@@ -383,7 +424,7 @@ class SourceStage(Stage):
                 pass
         return SourceResult(
             {st.id: st.n for st in self.streams}, {st.id: self._lost(st) for st in self.streams},
-            {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed,
+            {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed, {st.id: st.mode for st in self.streams},
         )
 
     def _heartbeat(self) -> None:
@@ -405,5 +446,27 @@ class SourceStage(Stage):
                 )
             if self.draining:
                 raise KeyboardInterrupt
-            if self.wait(min(left, 1.0)):
+            if self.wait(min(left, self.flow.heartbeat)):
                 self.receive(self._handle_hello, budget=1)
+            if self.heartbeat_due(time.monotonic()):
+                self._heartbeat()  # peers that said hello hear from us while we wait for the others
+
+    # -- telemetry --------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        missing = [what for what, ok in (("a sink", self.sink is not None), ("a worker", self.workers)) if not ok]
+        return (not missing), ("waiting for " + " and ".join(missing) if missing else "")
+
+    def samples(self):
+        yield from super().samples()
+        for st in self.streams:
+            sid = (st.id,)
+            yield "vidseg_source_frames_read", st.reader.decoded, sid
+            yield "vidseg_source_frames_dispatched", st.n, sid
+            yield "vidseg_source_frames_written", st.written, sid
+            yield "vidseg_source_frames_dropped", st.dropped, sid
+            yield "vidseg_source_frames_lost", self._lost(st) if st.eof else 0, sid  # known only at the end
+            yield "vidseg_source_frames_in_flight", len(st.inflight), sid
+        yield "vidseg_source_redispatched", self.redispatched, ()
+        yield "vidseg_source_workers", len(self.workers), ()
+        for worker, n in dict(self.worker_frames).items():
+            yield "vidseg_source_worker_frames", n, (worker,)

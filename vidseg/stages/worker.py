@@ -4,6 +4,11 @@ The main thread owns the socket (ZeroMQ sockets are not thread-safe): it
 receives frames into a queue bounded by the worker's credits, sends masks and
 heartbeats. Inference runs in a second thread so heartbeats keep flowing
 during a slow forward pass.
+
+SIGTERM/SIGINT drains (a scale-down on an orchestrator): the worker sends
+``stop`` to the source, which sends it no new frame; it finishes the frames it
+holds and leaves when the source answers ``stop`` (nothing of it is left in
+flight), so no frame needs re-dispatching.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import zmq
 from ..config import BatchConfig, CurveConfig, FlowConfig
 from ..errors import TransportError, WireError
 from ..predictor import Segmenter
+from ..telemetry import Telemetry
 from ..transport import dealer, send, send_msg
 from ..wire import pack
 from .base import Stage
@@ -35,8 +41,9 @@ class WorkerStage(Stage):
     role = "worker"
 
     def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
-                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig()):
-        super().__init__(dealer(endpoint, linger=1000, curve=curve), flow, routed=False)
+                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig(), telemetry: Telemetry | None = None,
+                 load_seconds: float | None = None):
+        super().__init__(dealer(endpoint, linger=1000, curve=curve), flow, routed=False, telemetry=telemetry)
         self.seg = segmenter
         self.batch = max(1, batch.batch)
         self.max_wait = batch.max_wait
@@ -51,7 +58,13 @@ class WorkerStage(Stage):
         self._wake.bind(self._wake_addr)
         self._error: BaseException | None = None
         self.frames = 0
+        self.received = 0
+        self.load_seconds = load_seconds
         self._stop = False
+        self._said_leaving = False
+        self._heard_any = False
+        self._last_heard = 0.0
+        self._infer_time = self.telemetry.histogram("vidseg_worker_inference_seconds")
 
     def _infer_loop(self) -> None:
         ping = self.ctx.socket(zmq.PAIR)
@@ -73,7 +86,9 @@ class WorkerStage(Stage):
                         self._in.put(nxt)  # handled next round (or ends the loop)
                         break
                     batch.append(nxt)
+                t0 = time.perf_counter()
                 masks = self.seg([m.array for m in batch])
+                self._infer_time.observe(time.perf_counter() - t0)
                 for m, mask in zip(batch, masks):
                     self._out.put((m, mask))
                 ping.send(b"")
@@ -92,7 +107,8 @@ class WorkerStage(Stage):
             role="worker",
             credits=max(self.flow.credits, self.batch),
             pid=os.getpid(),
-            card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette]},
+            card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette],
+                  "random_init": card.random_init},
         )
 
     def run(self) -> WorkerResult:
@@ -102,7 +118,6 @@ class WorkerStage(Stage):
         t.start()
         self.poller.register(self._wake, zmq.POLLIN)
         self._last_heard = time.monotonic()
-        self._heard_any = False
         try:
             while True:
                 # Ship finished masks first: they return credits to the source.
@@ -125,12 +140,19 @@ class WorkerStage(Stage):
                     self.receive(self._handle)
                 if self._stop:
                     return WorkerResult(self.frames, self.malformed)
+                if self.draining and not self._said_leaving:
+                    if not self._heard_any:  # no source yet: nothing to finish
+                        return WorkerResult(self.frames, self.malformed)
+                    # Ask the source for nothing more; it says `stop` once every frame we hold is back.
+                    send_msg(self.sock, "stop")
+                    self._said_leaving = True
+                    self.log.info("draining: the source sends no new frames; finishing those in hand")
                 if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
                 silent = now - self._last_heard
                 limit = flow.peer_timeout if self._heard_any else flow.connect_timeout
                 if silent > limit:
-                    if self._heard_any and self.persist:
+                    if self._heard_any and self.persist and not self.draining:
                         self._last_heard = now
                         self._hello()
                         continue
@@ -147,15 +169,40 @@ class WorkerStage(Stage):
             raise WireError(f"a frame must be HxWx3 uint8, got {msg.array.shape} {msg.array.dtype}")
         self._last_heard, self._heard_any = now, True
         if msg.kind == "frame":
+            self.received += 1
             self._in.put(msg)
         elif msg.kind == "stop":
-            if not self.persist:
+            if not self.persist or self.draining:
                 self._stop = True
                 return
             self._hello()
         elif msg.kind == "hb" and msg.header.get("rehello"):
+            if self.draining:  # the source has forgotten us: nothing of ours is in flight
+                self._stop = True
+                return
             self._hello()
 
     def close(self) -> None:
         super().close()
         self._wake.close(linger=0)
+
+    # -- telemetry --------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        # The model is loaded before this stage exists; until then the CLI says "loading the model".
+        return self.heard_from_source(self._heard_any, self._last_heard, self.endpoint,
+                                      f"model loaded; no answer yet from the source at {self.endpoint}")
+
+    def samples(self):
+        yield from super().samples()
+        yield "vidseg_worker_frames_received", self.received, ()
+        yield "vidseg_worker_frames_returned", self.frames, ()
+        yield "vidseg_worker_queued", self._in.qsize(), ()
+        if self.load_seconds is not None:
+            yield "vidseg_worker_model_load_seconds", self.load_seconds, ()
+        dev = self.seg.device
+        if dev.type == "cuda":
+            import torch
+
+            label = str(dev)
+            yield "vidseg_worker_gpu_memory_bytes", torch.cuda.memory_allocated(dev), (label, "allocated")
+            yield "vidseg_worker_gpu_memory_bytes", torch.cuda.memory_reserved(dev), (label, "reserved")

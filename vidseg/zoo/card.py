@@ -224,6 +224,9 @@ class ModelCard:
 
 
 RANDOM_INIT = "random initialisation"
+#: Said at the start and in the summary of a run whose model has random weights.
+RANDOM_WEIGHTS_NOTE = ("random weights: the masks are meaningless (they only show the pipeline working). For real footage "
+                       "import a public checkpoint: vidseg weights import FILE.pth -o model.pt, then --weights model.pt")
 
 
 def default_card(architecture: str, backbone: str, num_classes: int, **arch: Any) -> ModelCard:

@@ -1,0 +1,65 @@
+"""Per-frame metadata (``--json FILE.jsonl``): one JSON line per written frame, every stream in one file.
+
+    {"stream": 0, "seq": 12, "pts": 0.48, "latency": 0.061, "worker": "0080f3a2c1",
+     "classes": {"road": 0.412731, "car": 0.031002}}
+
+``classes`` holds the pixel fraction of every class present in the mask
+(from one 256-bin histogram per mask, no per-class loop); ``latency`` is
+seconds from grab to written. The file is written under a temporary name next
+to the target and renamed when the run ends, like the video; after a failure
+the lines written so far are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import StageError
+from .media.encode import current_umask
+
+
+def class_fractions(mask: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """``{name: fraction of pixels}`` for the classes present in ``mask`` (ids beyond the names: ``class<id>``)."""
+    import cv2
+
+    hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
+    total = float(mask.size) or 1.0
+    return {(class_names[i] if i < len(class_names) else f"class{i}"): round(float(hist[i]) / total, 6)
+            for i in np.flatnonzero(hist)}
+
+
+class MetadataWriter:
+    """JSON lines in a temporary file next to ``path``, renamed to ``path`` by :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent or ".")
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self.lines = 0
+
+    def write(self, *, stream: int, seq: int, pts: float, latency: float | None, worker: str | None,
+              mask: np.ndarray, class_names: Sequence[str]) -> None:
+        line = {"stream": stream, "seq": seq, "pts": round(float(pts), 6),
+                "latency": None if latency is None else round(latency, 6), "worker": worker,
+                "classes": class_fractions(mask, class_names)}
+        try:
+            self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+        except OSError as e:
+            raise StageError(f"could not write metadata to {self._tmp} ({e.strerror}); check free disk space") from None
+        self.lines += 1
+
+    def close(self, keep: bool) -> str | None:
+        """Rename into place (``keep``) or remove; returns the final path or None."""
+        self._fh.close()
+        if not keep:
+            self._tmp.unlink(missing_ok=True)
+            return None
+        os.chmod(self._tmp, 0o666 & ~current_umask())  # mkstemp made it private
+        os.replace(self._tmp, self.path)
+        return str(self.path)
