@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from ..config import INFERENCE_MODES, MODES, PRECISIONS, BatchConfig, CurveConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, load_config_file, parse_arch, parse_hw
+from ..config import INFERENCE_MODES, MODES, PRECISIONS, RUNTIMES, BatchConfig, CurveConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, load_config_file, parse_arch, parse_hw
 from ..errors import VidsegError
 
 T = TypeVar("T")
@@ -52,7 +52,9 @@ model_options = compose(
     click.option("--num-classes", type=click.IntRange(1, 256), default=None, help="Classes of a model without a card. [default: 19]"),
     click.option("--input-size", type=click.IntRange(8, 8192), default=None, help="Run the model at another size than its source (speed): the longer side (the shorter where the card resizes the shorter; a fit or letterbox box scaled to it). [default: the card's resize policy]"),
     click.option("--device", default=ModelConfig.device, show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available)."),
-    click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision. [default: fp16 on CUDA, fp32 on CPU]"),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Inference precision (int8: TensorRT). [default: fp16 on CUDA, fp32 on CPU]"),
+    click.option("--runtime", type=click.Choice(RUNTIMES), default=ModelConfig.runtime, show_default=True, help="Where the network runs: eager torch, or an exported graph on ONNX Runtime, OpenVINO or TensorRT (extras: vidseg[onnx], [openvino], [tensorrt])."),
+    click.option("--calibration", default=None, metavar="DIR|scenes", help="TensorRT int8: frames to calibrate on (a folder of images, or generated scenes)."),
     click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True, help="Channel width multiplier for random-init models (tests, quick trials)."),
     click.option("--arch", multiple=True, metavar="KEY=VALUE", help="Extra builder argument for a model without a card (e.g. output_stride=8); with a public checkpoint, what the file cannot tell (output_stride, align_corners)."),
     click.option("--inference", type=click.Choice(INFERENCE_MODES), default=None, help="whole: one forward per frame; slide: overlapping --crop-size windows, logits averaged. [default: the card's, as its source evaluates]"),

@@ -50,8 +50,8 @@ def run(sources: tuple[str, ...], workers: int, devices: str | None, print_confi
     from ..launch import MODEL_FILE, RunPlan, launch, run_dir
     from ..media.decode import open_source
     from ..outputs import plan_outputs
-    from ..predictor import resolve_device
-    from ..zoo import demo_model, freeze_for_workers
+    from ..runtimes import check, freeze_for_workers
+    from ..zoo import demo_model
 
     setup_logging("run", verbose, quiet)
     log = logging.getLogger("vidseg.run")
@@ -69,7 +69,7 @@ def run(sources: tuple[str, ...], workers: int, devices: str | None, print_confi
     mcfg = config_of(ModelConfig, kw)
     device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (mcfg.device,)
     for d in device_list:
-        resolve_device(d, mcfg.precision)
+        check(mcfg, d)
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)
         if card.random_init:
@@ -110,20 +110,19 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
     from ..launch import MODEL_FILE, RunPlan, launch, run_dir
     from ..media.decode import open_source
     from ..outputs import plan_outputs
-    from ..predictor import default_precision, resolve_device
-    from ..zoo import freeze_for_workers
+    from ..runtimes import check, freeze_for_workers
 
     setup_logging("eval", verbose, quiet)
     src = resolve_source(source)
     mcfg = config_of(ModelConfig, kw)
-    dev, _ = resolve_device(mcfg.device, mcfg.precision)
+    precision = check(mcfg, mcfg.device)
     reader = open_source(src)
     expected, size = reader.expected, (reader.height, reader.width)
     reader.close()
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)
         gt = load_ground_truth(gt_masks, frames=expected, size=size, num_classes=card.num_classes, ignore_index=ignore_index)
-        runs = {"main": mcfg.precision or default_precision(dev.type)}
+        runs = {"main": precision}
         if runs["main"] != "fp32":
             runs["fp32"] = "fp32"  # half precision is also checked against fp32
         preds = {}

@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import RUNTIMES, ModelConfig
 from ..errors import InputError
 
 log = logging.getLogger("vidseg.runtimes")
-
-RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
+ONNX_SUFFIX = ".onnx"
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,97 @@ def open_backend(runtime: str, onnx_path: Path, *, device: str, precision: str, 
         return OnnxRuntimeBackend(onnx_path, device=device, precision=precision, threads=threads, trt_cache=cache,
                                   calibration_table=table)
     raise InputError(f"{runtime} runs the torch model directly; no exported graph is needed")
+
+
+def default_device(runtime: str, device: str) -> str:
+    """``auto`` resolved per runtime: torch picks CUDA when present; ONNX Runtime and OpenVINO the CPU; TensorRT CUDA."""
+    return INFO[runtime].default_device if device == "auto" and runtime != "torch" else device
+
+
+def default_runtime_precision(runtime: str, precision: str | None) -> str:
+    """The precision a runtime runs when none is given: explicit, never the runtime's own default (OpenVINO's bf16)."""
+    if precision:
+        return precision
+    return "fp16" if runtime == "tensorrt" else "fp32"
+
+
+def check(cfg: ModelConfig, device: str) -> str:
+    """Fail now, before any process starts, for a runtime, device or precision that cannot run; returns the precision."""
+    if cfg.runtime == "torch":
+        from ..predictor import default_precision, resolve_device
+
+        dev, _ = resolve_device(device, cfg.precision)
+        return cfg.precision or default_precision(dev.type)
+    require(cfg.runtime)
+    precision = default_runtime_precision(cfg.runtime, cfg.precision)
+    if precision not in INFO[cfg.runtime].precisions:
+        raise InputError(f"--runtime {cfg.runtime} runs {', '.join(INFO[cfg.runtime].precisions)}, not {precision}")
+    device = default_device(cfg.runtime, device)
+    ok = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu", "gpu"), "tensorrt": ("cuda",)}[cfg.runtime]
+    if device.split(":")[0] not in ok:
+        raise InputError(f"--runtime {cfg.runtime} runs on --device {' or '.join(ok)}[:N], not {device!r}")
+    if precision == "int8" and not cfg.calibration:
+        raise InputError("--precision int8 needs a calibration set: --calibration DIR (images) or --calibration scenes")
+    return precision
+
+
+def _onnx_file(cfg: ModelConfig) -> bool:
+    """Whether ``--weights`` is an exported graph; refused under ``--runtime torch``."""
+    onnx_file = bool(cfg.weights) and cfg.weights.lower().endswith(ONNX_SUFFIX)
+    if onnx_file and cfg.runtime == "torch":
+        raise InputError(f"{cfg.weights} is an exported graph; run it with --runtime onnxruntime, openvino or tensorrt")
+    return onnx_file
+
+
+def _graph_card(path: str):
+    from ..export import read_onnx_card
+
+    if not Path(path).is_file():
+        raise InputError(f"weights file {path} does not exist; check the --weights path")
+    return read_onnx_card(path)[0]
+
+
+def load_engine(cfg: ModelConfig, *, threads: int | None = None):
+    """``(card, network)`` for a worker: a torch module (``--runtime torch``) or a :class:`~.base.Backend`.
+
+    An ``.onnx`` file (``vidseg export``, or the one ``vidseg run`` prepared)
+    runs as it is; a checkpoint under another runtime is exported once into
+    the engine cache first.
+    """
+    from ..zoo import build_from_card, resolve_card
+
+    if _onnx_file(cfg):
+        require(cfg.runtime)
+        card, path = _graph_card(cfg.weights), Path(cfg.weights)
+    else:
+        card, state = resolve_card(cfg)
+        model = build_from_card(card, state)
+        if cfg.runtime == "torch":
+            return card, model
+        require(cfg.runtime)
+        path = exported_graph(model, card, state, logits=True)
+    backend = open_backend(cfg.runtime, path, device=default_device(cfg.runtime, cfg.device),
+                           precision=default_runtime_precision(cfg.runtime, cfg.precision), threads=threads,
+                           calibration=cfg.calibration, card=card)
+    return card, backend
+
+
+def freeze_for_workers(cfg: ModelConfig, folder: str | Path, name: str = "model.pt"):
+    """:func:`vidseg.zoo.freeze_for_workers`, plus, for a runtime other than torch, the export, done once.
+
+    Returns the workers' config (pointing at the converted checkpoint or the
+    exported graph) and the card.
+    """
+    from dataclasses import replace
+
+    from ..zoo import build_from_card, freeze_for_workers as freeze, resolve_card
+
+    if _onnx_file(cfg):
+        require(cfg.runtime)
+        return cfg, _graph_card(cfg.weights)
+    if cfg.runtime == "torch":
+        return freeze(cfg, folder, name)
+    require(cfg.runtime)
+    card, state = resolve_card(cfg)
+    path = exported_graph(build_from_card(card, state), card, state, logits=True)
+    return replace(cfg, weights=str(path), model=None, backbone=None, num_classes=None, arch=(), width_mult=None), card
