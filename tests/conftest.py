@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 
 # Tiny and quick: CPU tests must not fight over the 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Exported graphs and compiled engines go to a private cache, never the user's ~/.cache/vidseg.
+os.environ.setdefault("VIDSEG_CACHE", tempfile.mkdtemp(prefix="vidseg-test-cache-"))
 
 BITS = 10  # frame-number barcode width
 CELL = 8  # pixels per barcode cell

@@ -75,9 +75,9 @@ def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
 
 
 def test_to_args_leaves_unset_fields_to_the_stage_default():
-    assert to_args(ModelConfig()) == ["--device", "auto"]
+    assert to_args(ModelConfig()) == ["--device", "auto", "--runtime", "torch"]
     # a (height, width) pair is one HxW value, as a user types it
-    assert to_args(ModelConfig(crop_size=(512, 1024), flip=False))[2:] == ["--crop-size", "512x1024", "--no-flip"]
+    assert to_args(ModelConfig(crop_size=(512, 1024), flip=False))[2:6] == ["--crop-size", "512x1024", "--no-flip", "--runtime"]
     assert to_args(OutputConfig(output=("a.mp4", "b.mp4"), preview=True))[:4] == ["--output", "a.mp4", "--output", "b.mp4"]
     assert "--preview" in to_args(OutputConfig(preview=True)) and "--no-preview" in to_args(OutputConfig())
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from .errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: TensorRT only
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 MODES = ("lossless", "live")
 INFERENCE_MODES = ("whole", "slide")
 
@@ -80,6 +81,8 @@ class ModelConfig:
     crop_size: tuple[int, int] | None = field(default=None, metadata={"join": "x"})  # slide window (H, W)
     crop_stride: tuple[int, int] | None = field(default=None, metadata={"join": "x"})  # slide step (H, W)
     flip: bool | None = None  # average with the horizontally flipped frame; None: the card's
+    runtime: str = "torch"  # where the network runs (vidseg.runtimes)
+    calibration: str | None = None  # TensorRT int8: a folder of frames, or "scenes"
 
     def builder_arch(self) -> dict[str, Any]:
         """Builder keyword arguments from ``--arch`` and ``--width-mult``."""

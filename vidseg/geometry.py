@@ -53,6 +53,11 @@ class Plan:
     flip: bool = False
     average: str = "logits"
 
+    @property
+    def labels_only(self) -> bool:
+        """True when class ids can come straight from the network's argmax (one whole pass, ids resized back)."""
+        return self.inference == "whole" and not self.flip and self.resize_back == "labels"
+
     def sizing(self) -> str:
         """The resize in words, e.g. ``fit into 2048x1024 (OpenCV bilinear)``."""
         if self.resize in ("long", "short"):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import PRECISIONS
 from .errors import InputError
-from .geometry import Plan, layout, plan_for, prepare, resized_size, segment, to_batch
+from .geometry import Plan, layout, plan_for, prepare, resize_labels, resized_size, segment, to_batch
 from .zoo import ModelCard
 
 
@@ -73,7 +73,13 @@ class Segmenter:
                  flip: bool | None = None):
         import torch
 
+        from .runtimes.base import Backend
+
         self.card = card
+        #: An exported graph on another runtime: frames are prepared on the CPU in float32 and handed over.
+        self.backend = model if isinstance(model, Backend) else None
+        if self.backend is not None:
+            device, precision = "cpu", "fp32"
         self.device, self.dtype = resolve_device(device, precision)
         self.plan = plan_for(card, input_size=input_size, inference=inference, crop=crop_size, stride=crop_stride,
                              flip=flip)
@@ -84,12 +90,15 @@ class Segmenter:
         a, b = card.preprocess.affine()
         self._a = torch.as_tensor(a, device=self.device)
         self._b = torch.as_tensor(b, device=self.device)
+        self.cuda = self.device.type == "cuda"
+        if self.backend is not None:
+            self.model = self._backend_forward
+            return
         self.model = model.to(self.device).eval()
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
         # channels-last convolutions are 1.2-2x faster on CPU and use tensor cores on GPU.
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.cuda = self.device.type == "cuda"
         if self.cuda:
             self._stream = torch.cuda.Stream(self.device)
             self._pinned: dict[tuple, torch.Tensor] = {}
@@ -97,6 +106,18 @@ class Segmenter:
     def describe(self) -> str:
         """What the model runs at, in words (the worker logs it)."""
         return self.plan.describe()
+
+    def runs_on(self) -> str:
+        """Runtime, device and precision, in words."""
+        if self.backend is not None:
+            return self.backend.describe()
+        return f"torch on {self.device} ({str(self.dtype).replace('torch.', '')})"
+
+    def _backend_forward(self, x):
+        """The geometry's forward pass through a backend: (B, 3, h, w) float32 -> logits."""
+        import torch
+
+        return torch.from_numpy(self.backend.logits(x.contiguous().numpy()))
 
     def deviation(self) -> str | None:
         """How the input size differs from what the card's source would use, or None when it does not."""
@@ -114,7 +135,11 @@ class Segmenter:
             x = prepare(x, lay, self.plan, self._a, self._b, self._rgb, self.dtype)
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            labels = segment(self.model, x, lay, self.plan)
+            if self.backend is not None and self.plan.labels_only:
+                # Class ids straight from the graph's own argmax: no logits cross into Python.
+                labels = resize_labels(torch.from_numpy(self.backend.labels(x.contiguous().numpy())), lay.frame)
+            else:
+                labels = segment(self.model, x, lay, self.plan)
             return list(labels.cpu().numpy())
 
     def _staging(self, shape: tuple):

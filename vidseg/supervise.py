@@ -88,15 +88,24 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     try:
         for s in stages:
             start(s)
+        released = False
         while True:
             running = 0
             source_alive = any(s.role == "source" and s.proc.poll() is None for s in stages)
+            if not released and all(s.finished for s in stages if s.role != "worker"):
+                # Source and sink are done: every frame is written. A worker still starting (or
+                # waiting for a source that has gone) has nothing left to do; stop it.
+                released = True
+                late = [s for s in stages if s.role == "worker" and s.proc.poll() is None]
+                if late:
+                    log.debug("stopping %d worker(s) that joined after the work was done", len(late))
+                    _terminate(late)
             for s in stages:
                 rc = s.proc.poll()
                 if rc is None:
                     running += 1
                     continue
-                if rc == 0 or s.finished:
+                if rc == 0 or s.finished or (released and s.role == "worker"):
                     s.finished = True
                     continue
                 why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"

@@ -3,7 +3,7 @@
 ``stages``   source, worker, sink (one stage each, on any host)
 ``run``      run (the three stages as supervised processes) and eval (mIoU through the pipeline)
 ``train``    train
-``tools``    models, weights import, keys
+``tools``    models, weights import, export, keys
 
 Modules import only Click at load time, so ``vidseg --help`` answers at once;
 each command imports what it needs when it runs. Any VidsegError becomes one
@@ -48,7 +48,7 @@ def _register() -> None:
     from . import run, stages, tools, train
 
     for cmd in (run.run, stages.source, stages.worker, stages.sink, run.eval_, train.train, tools.models,
-                tools.weights, tools.keys):
+                tools.weights, tools.export, tools.keys):
         cli.add_command(cmd)
 
 

@@ -59,9 +59,9 @@ def run(sources: tuple[str, ...], workers: int, devices: str | None, print_confi
     from ..launch import MODEL_FILE, RunPlan, launch, metrics_addresses, run_dir
     from ..media.decode import open_source
     from ..outputs import plan_outputs
-    from ..predictor import resolve_device
+    from ..runtimes import check, freeze_for_workers
     from ..webserver import check_free, url_of
-    from ..zoo import demo_model, freeze_for_workers
+    from ..zoo import demo_model
     from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("run", verbose, quiet)
@@ -80,7 +80,7 @@ def run(sources: tuple[str, ...], workers: int, devices: str | None, print_confi
     mcfg = config_of(ModelConfig, kw)
     device_list = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (mcfg.device,)
     for d in device_list:
-        resolve_device(d, mcfg.precision)
+        check(mcfg, d)
     plan = RunPlan(src, mcfg, config_of(BatchConfig, kw), out, config_of(FlowConfig, kw), workers=workers,
                    devices=device_list, verbose=verbose, quiet=quiet, telemetry=config_of(TelemetryConfig, kw))
     addresses = metrics_addresses(plan)
@@ -131,20 +131,19 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
     from ..launch import MODEL_FILE, RunPlan, launch, run_dir
     from ..media.decode import open_source
     from ..outputs import plan_outputs
-    from ..predictor import default_precision, resolve_device
-    from ..zoo import freeze_for_workers
+    from ..runtimes import check, freeze_for_workers
 
     setup_logging("eval", verbose, quiet)
     src = resolve_source(source)
     mcfg = config_of(ModelConfig, kw)
-    dev, _ = resolve_device(mcfg.device, mcfg.precision)
+    precision = check(mcfg, mcfg.device)
     reader = open_source(src)
     expected, size = reader.expected, (reader.height, reader.width)
     reader.close()
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)
         gt = load_ground_truth(gt_masks, frames=expected, size=size, num_classes=card.num_classes, ignore_index=ignore_index)
-        runs = {"main": mcfg.precision or default_precision(dev.type)}
+        runs = {"main": precision}
         if runs["main"] != "fp32":
             runs["fp32"] = "fp32"  # half precision is also checked against fp32
         preds = {}

@@ -99,10 +99,10 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     import time
 
     from ..predictor import Segmenter
+    from ..runtimes import load_engine
     from ..stages.base import peak_rss_mib
     from ..stages.worker import WorkerStage
     from ..telemetry import Telemetry
-    from ..zoo import load_model
     from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("worker", verbose, quiet)
@@ -116,12 +116,12 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
             torch.set_num_threads(threads)
         mcfg = config_of(ModelConfig, kw)
         t0 = time.monotonic()
-        model, card = load_model(mcfg)
+        card, model = load_engine(mcfg, threads=threads)
         seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                         inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
         load_seconds = time.monotonic() - t0
         log = logging.getLogger("vidseg.worker")
-        log.info("%s on %s (%s), input: %s", card.name, seg.device, str(seg.dtype).replace("torch.", ""), seg.describe())
+        log.info("%s: %s, input: %s", card.name, seg.runs_on(), seg.describe())
         if (note := seg.deviation()) is not None:
             log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
                      mcfg.input_size)

@@ -53,6 +53,66 @@ def import_command(src: str, dst: str, fmt: str, num_classes: int | None, align_
 
 
 @click.command()
+@click.argument("model_or_checkpoint")
+@click.option("--output", "-o", "dst", required=True, help="The .onnx file to write (the model card travels as metadata).")
+@click.option("--backbone", default=None, help="Backbone of a registry model. [default: the model's]")
+@click.option("--num-classes", type=click.IntRange(1, 256), default=None, help="Classes of a registry model. [default: 19]")
+@click.option("--width-mult", type=click.FloatRange(0.01, 4.0), default=None, hidden=True)
+@click.option("--arch", multiple=True, metavar="KEY=VALUE", help="Extra builder argument (e.g. output_stride=8).")
+@click.option("--opset", type=click.IntRange(17, 23), default=None, help="ONNX opset. [default: 18]")
+@click.option("--dynamic", default="batch,height,width", show_default=True,
+              help="Axes left free, comma-separated (batch, height, width); the others are fixed by --input-size/--batch.")
+@click.option("--input-size", type=click.IntRange(8, 8192), default=None,
+              help="The fixed input as HEIGHTxWIDTH or one side (square) when height/width are not dynamic. [default: 64x96 sample]")
+@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True, help="The fixed batch when batch is not dynamic.")
+@click.option("--logits", is_flag=True, help="Also output the logits (slide inference, flip averaging and letterbox need them).")
+@click.option("-v", "--verbose", count=True, help="More logging.")
+def export(model_or_checkpoint: str, dst: str, opset: int | None, dynamic: str, input_size: int | None, batch: int,
+           logits: bool, verbose: int, **kw) -> None:
+    """Export a registry model, zoo model or checkpoint (vidseg's or a public one) to ONNX, ending with the argmax."""
+    from pathlib import Path
+
+    from ..config import ModelConfig, parse_arch
+    from ..errors import InputError
+    from ..export import DEFAULT_OPSET, export_onnx
+    from ..zoo import build_from_card, resolve_card
+    from .options import setup_logging
+
+    setup_logging("export", verbose, False)
+    _require_onnx()
+    out = Path(dst)
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"output {dst} must end in .onnx")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    src = Path(model_or_checkpoint)
+    if src.exists() and out.exists() and out.resolve() == src.resolve():
+        raise InputError("output and input are the same file; give another -o path")
+    as_file = src.is_file()
+    cfg = ModelConfig(model=None if as_file else model_or_checkpoint, weights=str(src) if as_file else None,
+                      backbone=kw["backbone"], num_classes=kw["num_classes"], width_mult=kw["width_mult"],
+                      arch=parse_arch(kw["arch"]), device="cpu")
+    card, state = resolve_card(cfg)
+    model = build_from_card(card, state)
+    axes = tuple(a.strip() for a in dynamic.split(",") if a.strip())
+    side = input_size or 0
+    size = (side, side) if side else (64, 96)
+    export_onnx(model, card, out, opset=opset or DEFAULT_OPSET, dynamic=axes, sample_size=size, batch=batch, logits=logits)
+    click.echo(f"{out}: {card.name} ({card.architecture}/{card.backbone}, {card.num_classes} classes), opset "
+               f"{opset or DEFAULT_OPSET}, dynamic {','.join(axes) or 'none'}, outputs labels{' + logits' if logits else ''}")
+
+
+def _require_onnx() -> None:
+    from ..errors import InputError
+
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise InputError(f"vidseg export needs the {module} package; install it with: pip install 'vidseg[onnx]'") from None
+
+
+@click.command()
 @click.argument("folder")
 def keys(folder: str) -> None:
     """Create CURVE key pairs in FOLDER: server.key(_secret) for the source, client.key(_secret) for workers/sinks."""

@@ -146,6 +146,16 @@ def _cca_inference(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def _tracing() -> bool:
+    """True while a graph is being captured (ONNX export, torch.export, torch.compile).
+
+    Graph capture needs a functional formulation: the in-place inference path
+    (and its Python loop over columns) cannot be exported; the plain einsum one
+    exports with dynamic sizes and computes the same.
+    """
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     """Aggregate ``value`` over each pixel's row and column (before gamma and residual).
 
@@ -156,10 +166,11 @@ def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
 
     Returns:
         (B, C, H, W) in ``value``'s dtype. Under float16/bfloat16 energies and
-        softmax are computed in float32. With autograd active the plain
-        differentiable formulation runs; otherwise the lean in-place one.
+        softmax are computed in float32. With autograd active, or while a graph
+        is captured for export, the plain functional formulation runs;
+        otherwise the lean in-place one.
     """
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+    if _tracing() or (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
         return _cca_autograd(query, key, value)
     return _cca_inference(query, key, value)
 
@@ -211,7 +222,7 @@ class CrissCrossAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         agg = criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x))
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or _tracing():
             return torch.addcmul(x, self.gamma, agg)
         # Inference: agg is a fresh buffer nobody else holds; finish in place and keep
         # its (channels-last) layout rather than paying for another full copy.
