@@ -200,3 +200,16 @@ def test_camera_probing_prints_no_opencv_noise_before_our_error(tmp_path):
     assert r.returncode == 2
     one_line_error(r.stderr, "camera 9 could not be opened")
     assert r.stderr.strip().splitlines() == [next(ln for ln in r.stderr.splitlines() if ln.startswith("vidseg: error:"))]
+
+
+def test_preview_jpegs_of_wide_frames_are_shrunk_to_the_page_width():
+    import cv2
+
+    from vidseg.preview import PREVIEW_MAX_WIDTH, encode_jpeg
+
+    wide = np.zeros((1080, 3840, 3), np.uint8)  # side by side at 1080p
+    wide[:, ::2] = 255
+    img = cv2.imdecode(np.frombuffer(encode_jpeg(wide), np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (360, PREVIEW_MAX_WIDTH, 3)
+    small = np.full((64, 96, 3), 77, np.uint8)
+    assert cv2.imdecode(np.frombuffer(encode_jpeg(small), np.uint8), cv2.IMREAD_COLOR).shape == (64, 96, 3)

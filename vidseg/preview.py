@@ -8,7 +8,8 @@
 A slow viewer never slows the pipeline. The sink only hands over a reference
 to its newest annotated frame (:meth:`PreviewServer.publish`, no copy, no
 encoding). One encoder thread JPEG-encodes the newest frame of a stream that
-somebody watches, at most :data:`PREVIEW_FPS` times a second; each viewer's
+somebody watches, at most :data:`PREVIEW_FPS` times a second and at most
+:data:`PREVIEW_MAX_WIDTH` pixels wide; each viewer's
 own thread sends the newest JPEG whenever it is ready for one. So a slow
 viewer gets fewer frames, never a queue, and with nobody watching nothing is
 encoded at all.
@@ -31,9 +32,21 @@ from .webserver import QuietHandler, start_server, stop_server, url_of
 log = logging.getLogger("vidseg.preview")
 
 PREVIEW_FPS = 15.0  # JPEGs per second per watched stream, at most
+PREVIEW_MAX_WIDTH = 1280  # wider frames are shrunk for the page (bilinear: cheaper than encoding the pixels it drops)
 JPEG_QUALITY = 80
 VIEWER_TIMEOUT = 60.0  # seconds a viewer's socket may refuse our data before its connection is dropped
 _BOUNDARY = b"vidsegframe"
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes | None:
+    """The preview's JPEG of ``frame``: shrunk to :data:`PREVIEW_MAX_WIDTH` when wider (aspect kept)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    if w > PREVIEW_MAX_WIDTH:
+        frame = cv2.resize(frame, (PREVIEW_MAX_WIDTH, max(1, round(h * PREVIEW_MAX_WIDTH / w))), interpolation=cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # releases the GIL
+    return buf.tobytes() if ok else None
 
 
 def has_display() -> bool:
@@ -115,8 +128,6 @@ class PreviewServer:
                 if f.viewers and f.frame is not None and f.published != f.encoded]
 
     def _encode_loop(self) -> None:
-        import cv2
-
         period = 1.0 / PREVIEW_FPS
         while True:
             with self._cond:
@@ -126,12 +137,12 @@ class PreviewServer:
                 todo = self._due()
             started = time.monotonic()
             for sid, frame, published in todo:
-                ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # releases the GIL
-                if not ok:
+                jpeg = encode_jpeg(frame)
+                if jpeg is None:
                     continue
                 with self._cond:
                     feed = self._feeds[sid]
-                    feed.jpeg, feed.encoded = buf.tobytes(), published
+                    feed.jpeg, feed.encoded = jpeg, published
                     feed.jpegs += 1
                     self._cond.notify_all()
             time.sleep(max(0.0, started + period - time.monotonic()))

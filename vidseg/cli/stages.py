@@ -69,12 +69,10 @@ def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
 
     setup_logging("source", verbose, quiet)
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
-    tel = Telemetry("source", config_of(TelemetryConfig, kw))
     try:
         res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
-                                telemetry=tel))
+                                telemetry=Telemetry("source", config_of(TelemetryConfig, kw))))
     finally:
-        tel.close()
         remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
@@ -106,32 +104,29 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     from ..zoo.card import RANDOM_WEIGHTS_NOTE
 
     setup_logging("worker", verbose, quiet)
-    # Health answers while the model loads (/readyz: 503 "loading the model").
+    # Health answers while the model loads (/readyz: 503 "loading the model"); the stage closes it.
     tel = Telemetry("worker", config_of(TelemetryConfig, kw))
     tel.not_ready("loading the model")
-    try:
-        if threads:
-            import torch
+    if threads:
+        import torch
 
-            torch.set_num_threads(threads)
-        mcfg = config_of(ModelConfig, kw)
-        t0 = time.monotonic()
-        card, model = load_engine(mcfg, threads=threads)
-        seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
-                        inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
-        load_seconds = time.monotonic() - t0
-        log = logging.getLogger("vidseg.worker")
-        log.info("%s: %s, input: %s", card.name, seg.runs_on(), seg.describe())
-        if (note := seg.deviation()) is not None:
-            log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
-                     mcfg.input_size)
-        if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
-            log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
-        res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                                batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw), telemetry=tel,
-                                load_seconds=load_seconds))
-    finally:
-        tel.close()
+        torch.set_num_threads(threads)
+    mcfg = config_of(ModelConfig, kw)
+    t0 = time.monotonic()
+    card, model = load_engine(mcfg, threads=threads)
+    seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
+                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
+    load_seconds = time.monotonic() - t0
+    log = logging.getLogger("vidseg.worker")
+    log.info("%s: %s, input: %s", card.name, seg.runs_on(), seg.describe())
+    if (note := seg.deviation()) is not None:
+        log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
+                 mcfg.input_size)
+    if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
+        log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
+    res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
+                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw), telemetry=tel,
+                            load_seconds=load_seconds))
     log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
 
 
@@ -153,12 +148,8 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
 
     setup_logging("sink", verbose, quiet)
     out = config_of(OutputConfig, kw, preview=preview_default(kw))
-    tel = Telemetry("sink", config_of(TelemetryConfig, kw))
-    try:
-        res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
-                              telemetry=tel))
-    finally:
-        tel.close()
+    res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
+                          telemetry=Telemetry("sink", config_of(TelemetryConfig, kw))))
     log = logging.getLogger("vidseg.sink")
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
