@@ -361,8 +361,11 @@ def resize_labels(labels, size: tuple[int, int]):
     return labels[:, iy][:, :, ix]
 
 
-def segment(forward: Forward, x, lay: Layout, plan: Plan):
+def segment(forward: Forward, x, lay: Layout, plan: Plan, *, resize_ids: bool = True):
     """Class ids (B, H, W) uint8 at the frame's size from the prepared input ``x`` under ``plan``.
+
+    ``resize_ids=False`` leaves ids that the plan resizes by nearest neighbour
+    at the inference size (the caller, or the sink, applies :func:`resize_labels`).
 
     One pass, or two with ``flip`` (the flipped pass's output flipped back);
     each pass whole-image or sliding-window; the output brought back to the
@@ -380,7 +383,7 @@ def segment(forward: Forward, x, lay: Layout, plan: Plan):
         scores = _back(logits, lay, plan, probs)
         total = scores if total is None else total.float() + scores
     labels = total.argmax(1).to(torch.uint8)
-    return resize_labels(labels, lay.frame) if plan.resize_back == "labels" else labels
+    return resize_labels(labels, lay.frame) if plan.resize_back == "labels" and resize_ids else labels
 
 
 def to_batch(frames: list[np.ndarray]):

@@ -55,22 +55,41 @@ def inference_size(height: int, width: int, size: int, side: str = "long", multi
     return resized_size(height, width, Plan(resize=side, size=int(size), multiple=int(multiple)))
 
 
+#: Batches in flight on a CUDA device: copy-in, compute and copy-out of consecutive batches overlap.
+CUDA_RING_DEPTH = 3
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (not emulated): Ampere+ GPUs, CPUs with AVX512-BF16/AMX."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class Segmenter:
-    """Frames in (BGR uint8), class-id masks out (uint8, frame size).
+    """Frames in (BGR uint8), class-id masks out (uint8, frame size, or inference size with ``full_size=False``).
 
     Runs the card's test-time pipeline (:func:`vidseg.geometry.plan_for`: the
     source's resize policy, sliding windows, flips, the way back to the frame)
-    with the user's overrides. CPU: OpenCV resizes where the source uses
-    OpenCV, fp32 (or bf16) forward. CUDA: uint8 frames staged in pinned memory
-    and copied on a side stream, resize/normalise on the GPU, half-precision
-    forward, class ids copied back. The geometry lives in
-    :mod:`vidseg.geometry`; this class owns the device, the model and the staging.
+    with the user's overrides. The torch model has its BatchNorms folded into
+    its convolutions (in float32, before any cast) and runs channels-last.
+
+    It is also the device of a :class:`vidseg.ring.Ring` (``start``/``done``/
+    ``finish``): on a CUDA device each of ``depth`` slots owns pinned input and
+    output buffers (allocated once per frame size at the largest batch, then
+    sliced) and an event; a batch is copied in on a side stream, prepared and
+    run on the compute stream, its class ids copied back asynchronously, and
+    the slot's event says when the buffers may be read and reused. Batches are
+    padded to the largest batch there so shapes stay static (cuDNN's autotuner
+    picks once). On the CPU a batch runs when it starts (``depth`` 1).
     """
 
     def __init__(self, model, card: ModelCard, *, device: str = "auto", precision: str | None = None,
                  input_size: int | None = None, inference: str | None = None,
                  crop_size: tuple[int, int] | None = None, crop_stride: tuple[int, int] | None = None,
-                 flip: bool | None = None):
+                 flip: bool | None = None, max_batch: int = 1, full_size: bool = True, fold: bool = True):
         import torch
 
         from .runtimes.base import Backend
@@ -81,27 +100,45 @@ class Segmenter:
         if self.backend is not None:
             device, precision = "cpu", "fp32"
         self.device, self.dtype = resolve_device(device, precision)
+        if self.dtype == torch.bfloat16 and not native_bf16(self.device):
+            where = "this GPU" if self.device.type == "cuda" else "this CPU"
+            raise InputError(f"{where} has no native bfloat16 (it would be emulated, slowly); use --precision "
+                             + ("fp16" if self.device.type == "cuda" else "fp32"))
         self.plan = plan_for(card, input_size=input_size, inference=inference, crop=crop_size, stride=crop_stride,
                              flip=flip)
         #: What the card's source does, for comparison (the log says when the two differ in size).
         self.source_plan = plan_for(card)
         self.input_size = self.plan.size or (max(self.plan.box) if self.plan.box else None)
+        self.max_batch = max(1, int(max_batch))
+        #: With ``full_size=False`` class ids come back at the inference size where the plan resizes ids
+        #: (the sink brings them to the frame with the same nearest rule): less to copy and to send.
+        self.full_size = full_size or self.plan.resize_back != "labels"
         self._rgb = card.preprocess.channel_order == "RGB"
         a, b = card.preprocess.affine()
         self._a = torch.as_tensor(a, device=self.device)
         self._b = torch.as_tensor(b, device=self.device)
         self.cuda = self.device.type == "cuda"
+        self.depth = CUDA_RING_DEPTH if self.cuda else 1
+        self.folded = 0
         if self.backend is not None:
             self.model = self._backend_forward
             return
-        self.model = model.to(self.device).eval()
+        model = model.eval()
+        if fold:
+            from .nets.fuse import fold_batchnorms
+
+            # Folded in float32 on the CPU, before the cast and the move: exact to ~1e-6.
+            model, self.folded = fold_batchnorms(model.float().cpu(), torch.randn(1, 3, 64, 64))
+        self.model = model.to(self.device)
         if self.dtype != torch.float32:
             self.model = self.model.to(self.dtype)
         # channels-last convolutions are 1.2-2x faster on CPU and use tensor cores on GPU.
         self.model = self.model.to(memory_format=torch.channels_last)
         if self.cuda:
-            self._stream = torch.cuda.Stream(self.device)
-            self._pinned: dict[tuple, torch.Tensor] = {}
+            torch.backends.cudnn.benchmark = True  # static shapes (padded batches): autotuned once per shape
+            self._copy = torch.cuda.Stream(self.device)
+            self._compute = torch.cuda.Stream(self.device)
+            self._slots: dict[int, dict] = {}
 
     def describe(self) -> str:
         """What the model runs at, in words (the worker logs it)."""
@@ -111,13 +148,8 @@ class Segmenter:
         """Runtime, device and precision, in words."""
         if self.backend is not None:
             return self.backend.describe()
-        return f"torch on {self.device} ({str(self.dtype).replace('torch.', '')})"
-
-    def _backend_forward(self, x):
-        """The geometry's forward pass through a backend: (B, 3, h, w) float32 -> logits."""
-        import torch
-
-        return torch.from_numpy(self.backend.logits(x.contiguous().numpy()))
+        folded = f", {self.folded} BatchNorms folded" if self.folded else ""
+        return f"torch on {self.device} ({str(self.dtype).replace('torch.', '')}{folded})"
 
     def deviation(self) -> str | None:
         """How the input size differs from what the card's source would use, or None when it does not."""
@@ -125,43 +157,95 @@ class Segmenter:
             return None
         return f"runs at {self.plan.sizing()}, not at its source's {self.source_plan.sizing()}"
 
+    def warm_up(self, height: int, width: int) -> None:
+        """One batch of the largest size through the whole path (CUDA context, cuDNN autotuning, allocator)."""
+        frames = [np.zeros((height, width, 3), np.uint8)] * self.max_batch
+        if self.cuda:
+            self.finish(0, self.start(0, frames))
+        else:
+            self(frames[:1])
+
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Masks of ``frames`` (same size), synchronously."""
+        return self.finish(0, self.start(0, frames))
+
+    # -- the ring's device (vidseg.ring.Slots) ------------------------------
+    def start(self, slot: int, frames: list[np.ndarray]):
         import torch
 
         H, W = frames[0].shape[:2]
         lay = layout(H, W, self.plan)
-        with torch.inference_mode():
-            x = self._stage(frames) if self.cuda else to_batch(frames)
-            x = prepare(x, lay, self.plan, self._a, self._b, self._rgb, self.dtype)
+        if not self.cuda:
+            with torch.inference_mode():
+                x = prepare(to_batch(frames), lay, self.plan, self._a, self._b, self._rgb, self.dtype)
+                return self._labels(x, lay).numpy()
+        return self._start_cuda(slot, frames, lay)
+
+    def done(self, handle) -> bool:
+        return not self.cuda or handle[0].query()
+
+    def finish(self, slot: int, handle) -> list[np.ndarray]:
+        if not self.cuda:
+            return list(handle)
+        event, n = handle
+        event.synchronize()
+        out = self._slots[slot]["out"][:n].numpy()
+        return [m.copy() for m in out]  # the slot's pinned buffer is reused by its next batch
+
+    def _backend_forward(self, x):
+        """The geometry's forward pass through a backend: (B, 3, h, w) float32 -> logits."""
+        import torch
+
+        return torch.from_numpy(self.backend.logits(x.contiguous().numpy()))
+
+    def _labels(self, x, lay):
+        """Class ids (B, h, w) of the prepared input: at the frame's size, or the inference size."""
+        import torch
+
+        if self.backend is not None and self.plan.labels_only:
+            # Class ids straight from the graph's own argmax: no logits cross into Python.
+            labels = torch.from_numpy(self.backend.labels(x.contiguous().numpy()))
+        else:
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.backend is not None and self.plan.labels_only:
-                # Class ids straight from the graph's own argmax: no logits cross into Python.
-                labels = resize_labels(torch.from_numpy(self.backend.labels(x.contiguous().numpy())), lay.frame)
-            else:
-                labels = segment(self.model, x, lay, self.plan)
-            return list(labels.cpu().numpy())
+            labels = segment(self.model, x, lay, self.plan, resize_ids=False)
+        return resize_labels(labels, lay.frame) if self.full_size and self.plan.resize_back == "labels" else labels
 
-    def _staging(self, shape: tuple):
+    def _slot(self, slot: int, frame_shape: tuple[int, int], out_shape: tuple[int, int]) -> dict:
+        """The slot's pinned buffers for this frame size, at the largest batch (kept while the size stays)."""
         import torch
 
-        buf = self._pinned.get(shape)
-        if buf is None:
-            buf = torch.empty(shape, dtype=torch.uint8).pin_memory()
-            self._pinned = {shape: buf}  # one live shape: memory does not grow with streams seen
+        buf = self._slots.get(slot)
+        if buf is None or buf["frame"] != frame_shape or buf["labels"] != out_shape:
+            buf = {"frame": frame_shape, "labels": out_shape,
+                   "in": torch.empty((self.max_batch, *frame_shape, 3), dtype=torch.uint8).pin_memory(),
+                   "out": torch.empty((self.max_batch, *out_shape), dtype=torch.uint8).pin_memory()}
+            self._slots[slot] = buf
         return buf
 
-    def _stage(self, frames: list[np.ndarray]):
-        """The frames on the GPU as one (B, H, W, 3) uint8 tensor, copied through pinned memory on a side stream."""
+    def _start_cuda(self, slot: int, frames: list[np.ndarray], lay):
         import torch
 
-        H, W = frames[0].shape[:2]
-        host = self._staging((len(frames), H, W, 3))
-        for i, f in enumerate(frames):
-            host[i].numpy()[...] = f
-        with torch.cuda.stream(self._stream):
-            dev = host.to(self.device, non_blocking=True)
-        cur = torch.cuda.current_stream(self.device)
-        cur.wait_stream(self._stream)
-        dev.record_stream(cur)
-        return dev
+        n = len(frames)
+        if n > self.max_batch:
+            raise ValueError(f"a batch of {n} frames exceeds the largest batch, {self.max_batch}")
+        out_shape = lay.frame if (self.full_size or self.plan.resize_back != "labels") else lay.resized
+        buf = self._slot(slot, lay.frame, out_shape)
+        host = buf["in"]
+        for i in range(self.max_batch):  # padded with the last frame: static shapes
+            host[i].numpy()[...] = frames[min(i, n - 1)]
+        with torch.inference_mode():
+            torch.cuda.set_device(self.device)  # this thread's current device: no context on GPU 0
+            with torch.cuda.stream(self._copy):
+                dev = host.to(self.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(self._copy)
+            with torch.cuda.stream(self._compute):
+                self._compute.wait_event(copied)
+                dev.record_stream(self._compute)
+                x = prepare(dev, lay, self.plan, self._a, self._b, self._rgb, self.dtype)
+                labels = self._labels(x, lay)
+                buf["out"].copy_(labels, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self._compute)
+        return done, n

@@ -130,7 +130,9 @@ def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
     r = vidseg("run", "--source", str(clip), "--weights", str(src), "--output", str(out), "--masks", str(masks),
                "--alpha", "0.2", "--workers", "2", "-v")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("input: short side 520 (PIL bilinear)") == 2  # the card's pipeline reached both workers
+    # The card's pipeline reached the workers (a worker that starts after the 8 frames are written is stopped
+    # before it says anything, so at least one says it).
+    assert r.stderr.count("input: short side 520 (PIL bilinear)") >= 1
     # Converted once, by run; both workers load the converted file, not the public one.
     assert r.stderr.count(f"converted {src} once") == 1, r.stderr
     started = [ln for ln in r.stderr.splitlines() if "started worker" in ln]
