@@ -61,6 +61,9 @@ class OnnxRuntimeBackend(Backend):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        # ONNX Runtime's threads spin between operators by default: on a machine whose cores the source's
+        # decoding and the sink's encoding also need, that spinning takes their time. Sleep instead.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types
