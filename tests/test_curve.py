@@ -36,7 +36,14 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
         src_log = src.stderr.read()
         assert src_log.count("worker") and src_log.count("connected (pid") == 1  # only the keyed worker joined
         assert [read_barcode(f) for f in probe(tmp_path / "o.mp4")["frames"]] == list(range(8))
-        assert intruder.poll() is None  # still waiting outside
+        # Never admitted, and told why long before its 60 s connect timeout (it used to wait silently past it).
+        try:
+            rc = intruder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            intruder.kill()
+            raise AssertionError(f"the intruder kept waiting past its connect timeout:\n{intruder.communicate()[1]}") from None
+        assert rc == 3
+        assert "uses CURVE encryption; give this stage --curve-secret" in intruder.stderr.read()
     finally:
         for p in (src, sink, worker, intruder):
             p.kill()

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, StageError
+from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, InputError, StageError
 
 log = logging.getLogger("vidseg.run")
 
@@ -65,8 +65,12 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     Stages run in their own session so a terminal's Ctrl-C reaches only this
     supervisor, which turns the first SIGINT/SIGTERM into a drain (the source
     stops reading, every frame in flight is finished and outputs are closed
-    validly) and the second into an abort. A stage that fails stops the
-    others, so no orphan process is left behind.
+    validly; once the source has ended, the other stages are told to finish
+    too) and the second into an abort. An interrupted run ends with the
+    interrupted exit code (the sink says what it wrote). A source or sink that
+    fails stops the others, so no orphan process is left behind; a worker that
+    fails is that worker's problem: its frames go to the others, and it is
+    restarted unless it failed on its input (exit 2, which a restart repeats).
     """
     env = {**os.environ, **(env or {})}
     interrupts = {"n": 0}
@@ -83,14 +87,20 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
         s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
 
-    env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor
+    env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor (or the sink)
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopped_by_user = (-signal.SIGTERM, -signal.SIGINT, INTERRUPTED_EXIT_CODE, 128 + signal.SIGTERM)
+    told_to_finish = sink_said = stopped = False
     try:
         for s in stages:
             start(s)
         while True:
             running = 0
             source_alive = any(s.role == "source" and s.proc.poll() is None for s in stages)
+            if interrupts["n"] and not source_alive and not told_to_finish:
+                # The source has drained (or died of the signal while starting): the others finish what they hold.
+                _signal(stages, signal.SIGTERM, roles=("sink", "worker"))
+                told_to_finish = True
             for s in stages:
                 rc = s.proc.poll()
                 if rc is None:
@@ -100,16 +110,20 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                     s.finished = True
                     continue
                 why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-                if interrupts["n"] and rc in (-signal.SIGTERM, -signal.SIGINT, INTERRUPTED_EXIT_CODE, 128 + signal.SIGTERM):
-                    raise KeyboardInterrupt  # a stage stopped by the user's signal, e.g. during start-up
-                if s.role == "worker" and source_alive and rc not in REPORTED:
-                    if s.restarts < worker_restarts:
+                if interrupts["n"] and rc in stopped_by_user:
+                    s.finished = stopped = True  # stopped by the user's signal: the others are finishing too
+                    sink_said = sink_said or (s.role == "sink" and rc == INTERRUPTED_EXIT_CODE)
+                    continue
+                if s.role == "worker" and source_alive:
+                    if rc != InputError.exit_code and s.restarts < worker_restarts:
                         s.restarts += 1
-                        log.warning("a worker died (%s); its frames go to the others, starting a replacement (%d/%d)", why, s.restarts, worker_restarts)
+                        log.warning("a worker %s (%s); its frames go to the others, starting a replacement (%d/%d)",
+                                    "failed" if rc in REPORTED else "died", why, s.restarts, worker_restarts)
                         start(s)
                         running += 1
                     else:
-                        log.warning("a worker died (%s) %d times; not restarting it", why, s.restarts + 1)
+                        log.warning("a worker failed (%s)%s; not restarting it", why,
+                                    f" {s.restarts + 1} times" if s.restarts else "")
                         s.finished = True
                     continue
                 _terminate(stages)
@@ -117,6 +131,10 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                     raise _Reported(rc)
                 raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")
             if running == 0:
+                if stopped:  # (a signal that came after the run had ended changes nothing)
+                    if sink_said:
+                        raise _Reported(INTERRUPTED_EXIT_CODE)  # the sink's line said what was written
+                    raise KeyboardInterrupt
                 return
             time.sleep(poll)
     except BaseException:

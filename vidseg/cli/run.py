@@ -118,7 +118,7 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
     mcfg = config_of(ModelConfig, kw)
     dev, _ = resolve_device(mcfg.device, mcfg.precision)
     reader = open_source(src)
-    expected, size = reader.expected, (reader.height, reader.width)
+    expected, size = reader.announced, (reader.height, reader.width)
     reader.close()
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)

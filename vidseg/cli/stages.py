@@ -6,6 +6,7 @@ import logging
 import click
 
 from .options import (
+    AccessConfig,
     BatchConfig,
     CurveConfig,
     FlowConfig,
@@ -62,16 +63,23 @@ def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     from ..stages.base import peak_rss_mib
     from ..stages.source import SourceStage
 
+    from ..errors import Interrupted
+
     setup_logging("source", verbose, quiet)
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
     try:
-        res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
+        res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
+                                access=config_of(AccessConfig, kw)))
     finally:
         remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
         log.info("stream %d done: %d frames sent, %d lost to decoding, %d dropped (live)", sid, n, res.lost[sid], res.dropped[sid])
-    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped; peak RSS %.0f MiB", res.redispatched, res.malformed, peak_rss_mib())
+    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped, %d peer(s) refused; peak RSS %.0f MiB",
+             res.redispatched, res.malformed, res.refused, peak_rss_mib())
+    if res.interrupted:
+        raise Interrupted(f"stopped reading after {sum(res.frames.values())} frame(s); those were finished",
+                          say_under_run=False)
 
 
 @click.command()
@@ -103,8 +111,9 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     log.info("%s on %s (%s), input %d (%s side)", card.name, seg.device, str(seg.dtype).replace("torch.", ""),
              seg.input_size, card.input_side)
     res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw)))
-    log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
+                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw),
+                            access=config_of(AccessConfig, kw)))
+    log.info("done: %d frames, %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.malformed, peak_rss_mib())
 
 
 @click.command()
@@ -116,19 +125,27 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
 @log_options
 def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Reorder, composite and encode the annotated stream."""
-    from ..errors import FramesLost
+    from ..errors import FramesLost, Interrupted
     from ..stages.base import peak_rss_mib
     from ..stages.sink import SinkStage
 
     setup_logging("sink", verbose, quiet)
     out = config_of(OutputConfig, kw, preview=preview_default(kw))
-    res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw)))
+    res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
+                          access=config_of(AccessConfig, kw)))
     log = logging.getLogger("vidseg.sink")
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
         drops = f", {r.dropped} stale frame(s) dropped (live)" if r.dropped else ""
         log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
-    log.info("%d frames in %.2f s (%.1f frames/s); peak RSS %.0f MiB", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), peak_rss_mib())
+    log.info("%d frames in %.2f s (%.1f frames/s), %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.seconds,
+             res.frames / max(res.seconds, 1e-9), res.malformed, peak_rss_mib())
+    if res.interrupted:
+        said = "; ".join(
+            f"{r.frames}{f' of ~{r.announced}' if r.announced else ''} frame(s) to {r.output or r.masks or 'the preview'}"
+            + (" (its audio trimmed to match)" if r.audio else "")
+            for r in res.streams.values())
+        raise Interrupted(f"wrote {said}")
     if res.lost:
         where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..config import BatchConfig, CurveConfig, FlowConfig
-from ..errors import TransportError, WireError
+from ..config import AccessConfig, BatchConfig, CurveConfig, FlowConfig
+from ..errors import StageError, TransportError, WireError, short_reason
 from ..predictor import Segmenter
 from ..transport import dealer, send, send_msg
 from ..wire import pack
@@ -35,8 +35,9 @@ class WorkerStage(Stage):
     role = "worker"
 
     def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
-                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig()):
+                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig(), access: AccessConfig = AccessConfig()):
         super().__init__(dealer(endpoint, linger=1000, curve=curve), flow, routed=False)
+        self.token = access.token
         self.seg = segmenter
         self.batch = max(1, batch.batch)
         self.max_wait = batch.max_wait
@@ -52,6 +53,7 @@ class WorkerStage(Stage):
         self._error: BaseException | None = None
         self.frames = 0
         self._stop = False
+        self._heard_frames = False
 
     def _infer_loop(self) -> None:
         ping = self.ctx.socket(zmq.PAIR)
@@ -93,6 +95,7 @@ class WorkerStage(Stage):
             credits=max(self.flow.credits, self.batch),
             pid=os.getpid(),
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette]},
+            **({"token": self.token} if self.token else {}),
         )
 
     def run(self) -> WorkerResult:
@@ -112,7 +115,7 @@ class WorkerStage(Stage):
                     except queue.Empty:
                         break
                     if done is None:
-                        raise self._error  # type: ignore[misc]
+                        self._fail(self._error)
                     msg, mask = done
                     send(self.sock, pack("mask", mask, stream=msg["stream"], seq=msg["seq"]))
                     self.frames += 1
@@ -125,6 +128,7 @@ class WorkerStage(Stage):
                     self.receive(self._handle)
                 if self._stop:
                     return WorkerResult(self.frames, self.malformed)
+                self.check_handshake()
                 if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
                 silent = now - self._last_heard
@@ -147,14 +151,26 @@ class WorkerStage(Stage):
             raise WireError(f"a frame must be HxWx3 uint8, got {msg.array.shape} {msg.array.dtype}")
         self._last_heard, self._heard_any = now, True
         if msg.kind == "frame":
+            self._heard_frames = True
             self._in.put(msg)
         elif msg.kind == "stop":
+            if msg.header.get("reason"):  # refused or dropped by the source: say why, do not come back
+                raise StageError(msg["reason"]) if self._heard_frames else TransportError(msg["reason"])
             if not self.persist:
                 self._stop = True
                 return
             self._hello()
         elif msg.kind == "hb" and msg.header.get("rehello"):
             self._hello()
+
+    def _fail(self, e: BaseException | None) -> None:
+        """Inference failed: tell the source (its frames go to the other workers at once) and end with one line."""
+        reason = f"inference failed: {short_reason(e) if e else 'unknown error'}"
+        try:
+            send_msg(self.sock, "error", reason=reason)
+        except Exception:  # noqa: BLE001 - the source may be gone; our own line still says why
+            pass
+        raise StageError(f"this worker's {reason}; its frames go to the other workers") from None
 
     def close(self) -> None:
         super().close()
