@@ -282,10 +282,14 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
 
 # -- 4. an HTTP MJPEG camera that drops and comes back ---------------------------------------------
 class _MjpegServer:
-    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts."""
+    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts.
+
+    ``sent[i]`` is the monotonic time frame ``i`` was written to the socket (its real place in time).
+    """
 
     def __init__(self, port: int = 0, fps: float = 25.0, counter: list | None = None):
         self.counter = counter if counter is not None else [0]
+        self.sent: dict[int, float] = {}
         self.stopping = threading.Event()
         outer = self
 
@@ -308,6 +312,7 @@ class _MjpegServer:
                         data = jpg.tobytes()
                         self.wfile.write(b"--vsframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n")
                         self.wfile.flush()
+                        outer.sent[i] = time.monotonic()
                         time.sleep(1 / fps)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -376,6 +381,39 @@ def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
     assert all(x < y for x, y in zip(got, got[1:])), got
     assert got[-1] >= served_before, (got, served_before)  # frames from after the reconnect made it out
     assert no_partials(tmp_path) == []
+
+
+def test_a_live_reader_is_never_closed_under_its_reading_thread():
+    """The signal 11 once seen at the drain of a 10-minute live MJPEG run: the source closed the stream (FFmpeg
+    frees the demuxer) while its reading thread was still inside a read. Now closing waits for that thread."""
+    import types
+
+    from vidseg.stages.source import SourceStage, _LiveGrabber, _Stream
+
+    class SlowReader:
+        """Each frame takes 0.3 s to 'decode'; close() records whether a read was in progress."""
+
+        live, fps, lost = True, Fraction(25), 0
+
+        def __init__(self):
+            self.inside = threading.Event()
+            self.closed_inside: list[bool] = []
+
+        def __iter__(self):
+            for i in range(1000):
+                self.inside.set()
+                time.sleep(0.3)
+                self.inside.clear()
+                yield np.zeros((4, 4, 3), np.uint8), i / 25
+
+        def close(self):
+            self.closed_inside.append(self.inside.is_set())
+
+    reader = SlowReader()
+    st = _Stream(0, "slow://", reader, "live", grabber=_LiveGrabber(reader, pace=False))
+    assert reader.inside.wait(5)  # the thread is in the middle of a read
+    SourceStage._close_streams(types.SimpleNamespace(streams=[st]))
+    assert reader.closed_inside == [False]
 
 
 # -- 5. SIGTERM / SIGINT to `vidseg run`: drain --------------------------------------------------------

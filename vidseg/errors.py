@@ -9,9 +9,14 @@ from __future__ import annotations
 
 
 class VidsegError(Exception):
-    """An error the user can act on. ``str(err)`` names the problem and the fix."""
+    """An error the user can act on. ``str(err)`` names the problem and the fix.
+
+    ``say_under_run`` False: under ``vidseg run`` the stage exits with the code
+    alone, because the supervisor (or another stage) knows the cause better.
+    """
 
     exit_code = 2
+    say_under_run = True
 
 
 class InputError(VidsegError):

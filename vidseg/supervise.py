@@ -69,8 +69,9 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     too) and the second into an abort. An interrupted run ends with the
     interrupted exit code (the sink says what it wrote). A source or sink that
     fails stops the others, so no orphan process is left behind; a worker that
-    fails is that worker's problem: its frames go to the others, and it is
-    restarted unless it failed on its input (exit 2, which a restart repeats).
+    fails is that worker's problem: its frames go to the others and it is
+    restarted; one that failed on its input (exit 2: the weights, the model)
+    stops the run, since every worker of the run shares that input.
     """
     env = {**os.environ, **(env or {})}
     interrupts = {"n": 0}
@@ -101,6 +102,10 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                 # The source has drained (or died of the signal while starting): the others finish what they hold.
                 _signal(stages, signal.SIGTERM, roles=("sink", "worker"))
                 told_to_finish = True
+            elif not source_alive and not told_to_finish and any(s.role == "source" and s.proc.returncode == 0 for s in stages):
+                # The source finished: a replacement worker still starting up would wait for it in vain.
+                _signal(stages, signal.SIGTERM, roles=("worker",))
+                told_to_finish = True
             for s in stages:
                 rc = s.proc.poll()
                 if rc is None:
@@ -114,8 +119,11 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                     s.finished = stopped = True  # stopped by the user's signal: the others are finishing too
                     sink_said = sink_said or (s.role == "sink" and rc == INTERRUPTED_EXIT_CODE)
                     continue
-                if s.role == "worker" and source_alive:
-                    if rc != InputError.exit_code and s.restarts < worker_restarts:
+                if told_to_finish and s.role == "worker" and rc in stopped_by_user:
+                    s.finished = True  # a worker told to go after the source finished
+                    continue
+                if s.role == "worker" and source_alive and rc != InputError.exit_code:  # bad input: every worker has it
+                    if s.restarts < worker_restarts:
                         s.restarts += 1
                         log.warning("a worker %s (%s); its frames go to the others, starting a replacement (%d/%d)",
                                     "failed" if rc in REPORTED else "died", why, s.restarts, worker_restarts)
@@ -126,7 +134,11 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                                     f" {s.restarts + 1} times" if s.restarts else "")
                         s.finished = True
                     continue
+                # A stage killed by a signal is the cause; another's complaint about it ("the sink disconnected") is not.
+                killed = next((k for k in stages if k.role != "worker" and k.proc.poll() is not None and k.proc.returncode < 0), None)
                 _terminate(stages)
+                if killed is not None:
+                    raise StageError(f"the {killed.role} stage died (signal {-killed.proc.returncode}); the pipeline was stopped")
                 if rc in REPORTED:
                     raise _Reported(rc)
                 raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import Interrupted, VidsegError, report
+from ..errors import VidsegError, report
 
 
 class VidsegGroup(click.Group):
@@ -33,7 +33,7 @@ class VidsegGroup(click.Group):
             ctx.exit(code)
         except VidsegError as e:
             line, code = report(e)
-            quiet = isinstance(e, Interrupted) and not e.say_under_run and os.environ.get("VIDSEG_STAGE")
+            quiet = not e.say_under_run and os.environ.get("VIDSEG_STAGE")
             if line and not quiet:
                 click.echo(line, err=True)
             ctx.exit(code)

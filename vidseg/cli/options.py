@@ -54,7 +54,7 @@ batch_options = compose(
 
 flow_options = compose(
     click.option("--window", type=click.IntRange(1, 4096), default=FlowConfig.window, show_default=True, help="Frames allowed between dispatch and written (bounds memory)."),
-    click.option("--window-mb", type=click.FloatRange(1, 1 << 20), default=FlowConfig.window_mb, show_default=True, help="...and MiB of frames and masks allowed between dispatch and written (large frames get a shorter window)."),
+    click.option("--window-mb", type=click.FloatRange(0.01, 1 << 20), default=FlowConfig.window_mb, show_default=True, help="...and MiB of frames and masks allowed between dispatch and written (large frames get a shorter window)."),
     click.option("--credits", type=click.IntRange(1, 256), default=FlowConfig.credits, show_default=True, help="Frames one worker may hold at once."),
     click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=FlowConfig.heartbeat, show_default=True, help="Seconds between heartbeats."),
     click.option("--worker-timeout", type=click.FloatRange(0.2, 3600), default=FlowConfig.worker_timeout, show_default=True, help="Seconds of missed heartbeats before a worker's frames go to others; also the shortest frame deadline."),

@@ -107,6 +107,7 @@ class VideoWriter:
         self.frames = 0
         self.end = 0.0  # seconds of video written: the last frame's time plus one frame
         self._step = round(CLOCK / self.fps)
+        self._last_step = self._step
         self._last_pts: int | None = None
         self._first_pts: int | None = None
         self._first_dts = None
@@ -181,9 +182,9 @@ class VideoWriter:
             if t is not None and float((item.pts - shift) * self._audio_tb) > t:
                 self._audio_pending = item
                 return
-            if item.pts - shift < 0:
-                continue  # before the first video frame
             if self._transcode:
+                if item.pts - shift < 0:
+                    continue  # before the first video frame
                 item.pts -= shift
                 for pkt in self._a.encode(item):
                     self._c.mux(pkt)
@@ -228,10 +229,12 @@ class VideoWriter:
         if self._first_pts is None:
             self._first_pts = ticks
         vf.pts, vf.time_base = ticks, Fraction(1, CLOCK)
+        if self._last_pts is not None:
+            self._last_step = ticks - self._last_pts  # the last frame lasts as long as the one before it
         self._last_pts = ticks
         self._mux_video(self._v.encode(vf))
         self.frames += 1
-        self.end = (ticks + self._step) / CLOCK
+        self.end = (ticks + self._last_step) / CLOCK
         self._mux_audio_until(self.end)
 
     def _mux_video(self, packets) -> None:
@@ -251,7 +254,7 @@ class VideoWriter:
         self._held = None
         if pkt.dts is not None and self._first_dts is not None and pkt.time_base:
             to_tb = Fraction(1, CLOCK) / pkt.time_base
-            want = round((self._last_pts + self._step - self._first_pts) * to_tb)  # presented length
+            want = round((self._last_pts + self._last_step - self._first_pts) * to_tb)  # presented length
             pkt.duration = max(1, want - (pkt.dts - self._first_dts))
         self._c.mux(pkt)
 

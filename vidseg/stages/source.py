@@ -84,6 +84,12 @@ class _Worker:
         return max(flow.worker_timeout, DEADLINE_FACTOR * self.per_frame)
 
 
+class SinkGone(TransportError):
+    """The sink's socket is gone; under ``vidseg run`` the supervisor says why (it saw the sink end)."""
+
+    say_under_run = False
+
+
 class PeerFailed(StageError):
     """The sink reported its own failure (and said so itself): the source stops without a second error line."""
 
@@ -124,6 +130,11 @@ class _LiveGrabber:
             self.error = e
         finally:
             self.done = True
+
+    def started(self) -> None:
+        """Count drops from now on."""
+        with self._lock:
+            self.dropped = 0
 
     def take(self) -> tuple[np.ndarray, float, float] | None:
         with self._lock:
@@ -230,6 +241,7 @@ class SourceStage(Stage):
         self.redispatched = 0
         self.card: dict | None = None  # the model card every worker must share (the first admitted worker's)
         self.refused = RateLimitedLog(log, "refused a peer")
+        self.late_errors = RateLimitedLog(log, "a worker no longer in the pipeline reported a failure")
         self._redo: collections.deque[Key] = collections.deque()
         self._banned: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # dropped workers
         self._nudged: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # last reply to a stranger
@@ -282,8 +294,10 @@ class SourceStage(Stage):
             self._refuse(ident, role, "its hello carries no model card", now)
             return
         if self.card is not None and (card["class_names"], card["palette"]) != (self.card["class_names"], self.card["palette"]):
+            differs = "class names" if card["class_names"] != self.card["class_names"] else "palette"
             self._refuse(ident, role, f"it runs another model ({card.get('name', '?')}, {len(card['class_names'])} classes) "
-                                      f"than the pipeline ({self.card.get('name', '?')}, {len(self.card['class_names'])} classes)", now)
+                                      f"than the pipeline ({self.card.get('name', '?')}, {len(self.card['class_names'])} classes): "
+                                      f"its {differs} differ", now)
             return
         if self.card is None:
             self.card = card
@@ -333,6 +347,9 @@ class SourceStage(Stage):
             return
         w = self.workers.get(ident)
         if w is None:
+            if kind == "error":  # e.g. its failure report arrived after its socket was already gone
+                self.late_errors.note(f"worker {ident.hex()} failed ({msg['reason']})")
+                return
             # A worker that was written off (or never said hello): ask it to introduce itself.
             if ident not in self._banned and self._may_answer(ident, now):
                 try:
@@ -383,7 +400,7 @@ class SourceStage(Stage):
         try:
             send(self.sock, parts, identity=self.sink)
         except PeerGone:
-            raise TransportError("the sink disconnected; check the sink process") from None
+            raise SinkGone("the sink disconnected; check the sink process") from None
 
     def _stream(self, sid) -> _Stream | None:
         try:
@@ -501,6 +518,11 @@ class SourceStage(Stage):
                 log.info("stream %d: %dx%d frames: window of %d frame(s) (--window-mb %g)", st.id, r.width, r.height,
                          st.window, flow.window_mb)
         log.info("serving on %s", self.endpoint)
+        for st in self.streams:
+            if st.mode == "live" and st.reader.live:
+                # A camera or stream is read from now on, keeping only its newest frame: no backlog piles up
+                # while the peers connect (it would be read in a burst and lose its real timing).
+                st.grabber = _LiveGrabber(st.reader, pace=False)
         self._wait_for_peers()
         for st in self.streams:
             r = st.reader
@@ -512,8 +534,10 @@ class SourceStage(Stage):
             if self.card:
                 info["card"] = self.card
             send_msg(self.sock, "info", identity=self.sink, **info)
-            if st.mode == "live":
-                st.grabber = _LiveGrabber(r, pace=not r.live)
+            if st.grabber is not None:
+                st.grabber.started()  # frames dropped while the peers connected are not this run's drops
+            elif st.mode == "live":
+                st.grabber = _LiveGrabber(r, pace=True)  # a file played as if live
             else:
                 st.frames = iter(r)
 

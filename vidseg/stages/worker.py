@@ -53,6 +53,7 @@ class WorkerStage(Stage):
         self._error: BaseException | None = None
         self.frames = 0
         self._stop = False
+        self._held = 0  # frames received and not yet answered
         self._heard_frames = False
 
     def _infer_loop(self) -> None:
@@ -119,6 +120,7 @@ class WorkerStage(Stage):
                     msg, mask = done
                     send(self.sock, pack("mask", mask, stream=msg["stream"], seq=msg["seq"]))
                     self.frames += 1
+                    self._held -= 1
                 events = dict(self.poller.poll(int(flow.heartbeat * 1000 / 2)))
                 now = time.monotonic()
                 if self._wake in events:
@@ -126,7 +128,7 @@ class WorkerStage(Stage):
                         self._wake.recv()
                 if self.sock in events:
                     self.receive(self._handle)
-                if self._stop:
+                if self._stop or (self.draining and not self._held):  # a signal: leave once nothing is held
                     return WorkerResult(self.frames, self.malformed)
                 self.check_handshake()
                 if self.heartbeat_due(now):
@@ -152,6 +154,7 @@ class WorkerStage(Stage):
         self._last_heard, self._heard_any = now, True
         if msg.kind == "frame":
             self._heard_frames = True
+            self._held += 1
             self._in.put(msg)
         elif msg.kind == "stop":
             if msg.header.get("reason"):  # refused or dropped by the source: say why, do not come back
