@@ -91,6 +91,14 @@ def test_existing_outputs_are_refused_unless_overwrite_the_same_for_videos_and_m
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
 
 
+def test_an_existing_eval_report_is_refused_unless_overwrite_before_any_work(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    r = vidseg("eval", "--source", str(tmp_path / "never-opened.mp4"), "--masks", str(tmp_path), "--json", str(report), *TINY)
+    assert r.returncode == 2 and f"--json {report} already exists; pass --overwrite" in _one_line(r.stderr)
+    assert report.read_text() == "{}"
+
+
 def test_a_hand_started_sink_never_writes_over_its_streams_input(tmp_path):
     """Even with --overwrite: the sink learns the input's path from the source and refuses before any work."""
     sys.path.insert(0, str(Path(__file__).parent))

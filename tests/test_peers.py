@@ -236,9 +236,8 @@ def test_a_heartbeating_worker_that_never_answers_loses_its_frames(clip120, tmp_
     assert barcodes(out) == list(range(120))
     text = src.text()
     assert "(capped from 1000000000)" in text
-    assert "past a 2.0 s deadline" in text and "marked slow" in text
-    assert re.search(r"worker \w+ held \d+ frame\(s\) past a [\d.]+ s deadline, 2 times in a row; re-dispatching", text) or \
-        "never answered a frame taken away, 2 times in a row" in text, text
+    assert "held a frame past its 2.0 s deadline" in text and "marked slow" in text
+    assert "never answered a frame taken away, 2 times in a row" in text, text
     assert fakes[0].stops and "the source dropped this worker" in fakes[0].stops[0]
     assert len(fakes[0].frames) <= 16  # it got at most one window's worth before being found out
 

@@ -68,19 +68,24 @@ def _socket(kind: int, *, linger: int, max_part: int) -> zmq.Socket:
     return sock
 
 
-def router(endpoint: str, *, linger: int, curve: CurveConfig = CurveConfig(), max_part: int = MAX_HEADER) -> tuple[zmq.Socket, str, object]:
+def router(endpoint: str, *, linger: int, curve: CurveConfig = CurveConfig(), max_part: int = MAX_HEADER,
+           max_queued: int = 0) -> tuple[zmq.Socket, str, object]:
     """The source's ROUTER, bound: every other stage connects to it.
 
     ROUTER_MANDATORY makes a send to a vanished peer an error (PeerGone)
     instead of a silent drop. ``max_part``: the largest message part a peer
-    may send (the source's largest mask). Returns ``(socket, bound endpoint,
-    CURVE watch or None)``; close the watch when the socket closes.
+    may send (the source's largest mask). ``max_queued``: messages waiting
+    from one peer before libzmq stops reading that peer (its own queue, so a
+    flooding peer slows only itself and cannot fill the source's memory);
+    0 is unbounded. Returns ``(socket, bound endpoint, CURVE watch or None)``;
+    close the watch when the socket closes.
     """
     from .errors import InputError
 
     if curve.curve_clients and not curve.curve_secret:
         raise InputError("--curve-clients needs --curve-secret (the source's secret key)")
     sock = _socket(zmq.ROUTER, linger=linger, max_part=max(max_part, MAX_HEADER))
+    sock.setsockopt(zmq.RCVHWM, max_queued)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     watch = None
     try:
@@ -135,19 +140,38 @@ def handshake_failure(sock: zmq.Socket) -> str | None:
     return watch.failure() if watch is not None else None
 
 
-class HandshakeWatch:
-    """Reads a DEALER's monitor events; remembers the first failed handshake as a sentence with the fix."""
+class _HandshakeEvents:
+    """A socket's failed-handshake events, read without blocking (libzmq's monitor)."""
 
-    def __init__(self, sock: zmq.Socket, endpoint: str, curved: bool):
-        self.endpoint, self.curved = endpoint, curved
+    def __init__(self, sock: zmq.Socket):
         self._sock = sock
         self._mon = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+
+    def events(self):
+        """``(event, value)`` of each failed handshake since the last call."""
+        while self._mon.poll(0):
+            ev = parse_monitor_message(self._mon.recv_multipart())
+            yield ev["event"], ev["value"]
+
+    def close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._mon.close(linger=0)
+
+
+class HandshakeWatch(_HandshakeEvents):
+    """A DEALER's handshake: remembers the first failure as a sentence with the fix."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, curved: bool):
+        super().__init__(sock)
+        self.endpoint, self.curved = endpoint, curved
         self._failed: str | None = None
 
     def failure(self) -> str | None:
-        while self._failed is None and self._mon.poll(0):
-            ev = parse_monitor_message(self._mon.recv_multipart())
-            self._failed = self._explain(ev["event"], ev["value"])
+        if self._failed is None:
+            self._failed = next((self._explain(e, v) for e, v in self.events()), None)
         return self._failed
 
     def _explain(self, event: int, value: int) -> str:
@@ -162,13 +186,6 @@ class HandshakeWatch:
             return f"{where} does not use CURVE; drop --curve-secret/--curve-server or start the source with them"
         return (f"the CURVE handshake with {where} failed; check that --curve-server is the source's public key "
                 "and --curve-secret this stage's secret key")
-
-    def close(self) -> None:
-        try:
-            self._sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self._mon.close(linger=0)
 
 
 def send(sock: zmq.Socket, parts: list, *, identity: bytes | None = None) -> None:
@@ -278,15 +295,14 @@ class _KeyFolder:
         return False
 
 
-class CurveWatch:
+class CurveWatch(_HandshakeEvents):
     """The source side of CURVE: the authenticator (when clients are restricted) and refused-handshake events.
 
     :meth:`refusals` yields one sentence per client refused since the last call.
     """
 
     def __init__(self, sock: zmq.Socket, clients_dir: str | None):
-        self._sock = sock
-        self._mon = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        super().__init__(sock)
         self.keys = None
         self.auth = None
         if clients_dir:
@@ -305,24 +321,19 @@ class CurveWatch:
             self.auth.configure_curve_callback(domain="*", credentials_provider=keys)
 
     def refusals(self):
-        while self._mon.poll(0):
-            ev = parse_monitor_message(self._mon.recv_multipart())
-            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        for event, value in self.events():
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 who = self.keys.refused.popleft() if self.keys and self.keys.refused else ("?", "?")
                 yield f"a client at {who[0]} with key {who[1][:12]}... is not in --curve-clients"
-            elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and ev["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 yield "a client without CURVE keys tried to connect (it needs --curve-secret and --curve-server)"
-            elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and ev["value"] == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
                 yield "a client's CURVE handshake failed: its --curve-server is not this source's public key"
             else:
                 yield "a client's CURVE handshake failed"
 
     def close(self) -> None:
-        try:
-            self._sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self._mon.close(linger=0)
+        super().close()
         if self.auth is not None:
             self.auth.stop()
 

@@ -103,7 +103,10 @@ class VideoWriter:
         self._v = self._c.add_stream("libx264", rate=self.fps)
         self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
         self._v.codec_context.time_base = Fraction(1, CLOCK)
-        self._v.options = {"crf": str(crf), "preset": preset}
+        # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
+        # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
+        # would stretch or cut it by the reorder delay (a few % larger files at the same quality).
+        self._v.options = {"crf": str(crf), "preset": preset, "bf": "0"}
         self.frames = 0
         self.end = 0.0  # seconds of video written: the last frame's time plus one frame
         self._step = round(CLOCK / self.fps)

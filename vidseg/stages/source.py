@@ -53,6 +53,8 @@ log = logging.getLogger("vidseg.source")
 DEADLINE_FACTOR = 4.0
 #: Deadlines (or bad masks) in a row after which a worker is dropped; after the first it is marked slow.
 SLOW_STRIKES = 2
+#: Masks in a row on time after which a worker marked slow gets its credits back.
+SLOW_RECOVERY = 16
 #: Peer identities remembered for rate limits and bans: bounded, so inventing identities costs a peer nothing here.
 MAX_REMEMBERED = 4096
 
@@ -66,11 +68,13 @@ class _Worker:
     last_seen: float
     classes: int  # its model's class count: every mask id must be below it
     card: dict
-    inflight: dict[Key, tuple[float, float]] = field(default_factory=dict)  # frame -> (sent, deadline)
+    inflight: dict[Key, float] = field(default_factory=dict)  # frame -> when it was sent
     late: dict[Key, float] = field(default_factory=dict)  # taken away at its deadline -> when silence is a second miss
     per_frame: float | None = None  # measured seconds per frame (moving average); None before its first mask
     last_return: float = 0.0
     strikes: int = 0
+    announced: int = 0  # the capacity it asked for (capped): given back after SLOW_RECOVERY masks on time
+    on_time: int = 0  # masks accepted since its last strike
 
     @property
     def credits(self) -> int:
@@ -226,7 +230,9 @@ class SourceStage(Stage):
                 self.streams.append(st)
             # A peer's largest part is one mask of the largest stream (or a header): anything larger is cut off unread.
             biggest_mask = max(st.reader.width * st.reader.height for st in self.streams)
-            sock, self.endpoint, self._curve = router(endpoint, linger=2000, curve=curve, max_part=biggest_mask)
+            # An honest peer never has more waiting than its masks in flight (≤ the windows) and a few control messages.
+            sock, self.endpoint, self._curve = router(endpoint, linger=2000, curve=curve, max_part=biggest_mask,
+                                                      max_queued=flow.window * len(self.streams) + 64)
         except BaseException:
             self._close_streams()
             raise
@@ -238,6 +244,7 @@ class SourceStage(Stage):
         self.workers: dict[bytes, _Worker] = {}
         self.sink: bytes | None = None
         self.sink_seen = 0.0
+        self._sink_gone = False
         self.redispatched = 0
         self.card: dict | None = None  # the model card every worker must share (the first admitted worker's)
         self.refused = RateLimitedLog(log, "refused a peer")
@@ -302,10 +309,13 @@ class SourceStage(Stage):
         if self.card is None:
             self.card = card
         credits = min(int(h.get("credits", self.flow.credits)), self._credit_cap)
+        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits)
         old = self.workers.get(ident)
-        if old is not None:  # a restarted worker: what it held is lost
-            self._requeue(old)
-        self.workers[ident] = _Worker(ident, credits, now, len(card["class_names"]), card)
+        if old is not None:  # said hello again (restarted, or told to): what it held is lost, its record is kept,
+            self._requeue(old)  # so a hello never wipes a slow mark, a strike or a frame still owed
+            w.late, w.per_frame, w.last_return, w.strikes = old.late, old.per_frame, old.last_return, old.strikes
+            w.capacity, w.on_time = min(w.capacity, old.capacity), old.on_time
+        self.workers[ident] = w
         capped = f" (capped from {h['credits']})" if h.get("credits", 0) > credits else ""
         log.info("worker %s connected (pid %s, %d credits%s)", ident.hex(), h.get("pid", "?"), credits, capped)
 
@@ -381,11 +391,14 @@ class SourceStage(Stage):
             self.redispatched += 1
             self._strike(w, f"returned {problem}")
             raise WireError(f"worker {w.ident.hex()} returned {problem}; frame {key[1]} re-dispatched")
-        sent, _ = held
-        sample = now - max(sent, w.last_return)
+        sample = now - max(held, w.last_return)
         w.per_frame = sample if w.per_frame is None else 0.7 * w.per_frame + 0.3 * sample
         w.last_return = now
         w.strikes = 0
+        w.on_time += 1
+        if w.capacity < w.announced and w.on_time >= SLOW_RECOVERY:
+            w.capacity = w.announced
+            log.info("worker %s answers on time again; %d credits", w.ident.hex(), w.capacity)
         _, _, t_read = st.inflight.pop(key[1])
         # Relay the mask with the same buffer, no copy.
         self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=w.ident.hex(), t_read=t_read))
@@ -400,6 +413,10 @@ class SourceStage(Stage):
         try:
             send(self.sock, parts, identity=self.sink)
         except PeerGone:
+            # Its last words may be waiting: a sink that failed (a full disk) said why before it left.
+            if not self._sink_gone and self.wait(0.2):
+                self._sink_gone = True  # (what the sink's words lead to must not look for them again)
+                self.receive(self._handle)  # raises PeerFailed on the sink's error message
             raise SinkGone("the sink disconnected; check the sink process") from None
 
     def _stream(self, sid) -> _Stream | None:
@@ -435,6 +452,7 @@ class SourceStage(Stage):
     def _strike(self, w: _Worker, why: str) -> None:
         """A missed deadline or a bad mask: the first marks the worker slow (one frame at a time), repeated it is dropped."""
         w.strikes += 1
+        w.on_time = 0
         if w.strikes >= SLOW_STRIKES:
             self._drop_worker(w, f"{why}, {w.strikes} times in a row")
         else:
@@ -442,20 +460,25 @@ class SourceStage(Stage):
             log.warning("worker %s %s; marked slow (one frame at a time)", w.ident.hex(), why)
 
     def _check_deadlines(self, now: float) -> None:
+        """A worker works through its frames in order: the oldest one it holds is due ``allowance`` seconds after
+        it was sent or after the worker's previous answer, whichever is later (so frames queued behind
+        others are not late, and a deadline never stacks on another)."""
         for w in list(self.workers.values()):
-            missed = sorted(k for k, (_, due) in w.inflight.items() if due < now)
+            missed = bool(w.inflight) and now - max(min(w.inflight.values()), w.last_return) > w.allowance(self.flow)
             silent = [k for k, due in w.late.items() if due < now]
             if not missed and not silent:
                 continue
             allowance = w.allowance(self.flow)
-            for k in missed:
+            taken = sorted(w.inflight) if missed else []  # the frames queued behind a stuck one are stuck too
+            for k in taken:
                 del w.inflight[k]
                 w.late[k] = now + allowance  # still silent then: a second miss
             for k in silent:
                 w.late[k] = float("inf")  # counted once
-            self._redo.extend(missed)
-            self.redispatched += len(missed)
-            what = f"held {len(missed)} frame(s) past a {allowance:.1f} s deadline" if missed else "never answered a frame taken away"
+            self._redo.extend(taken)
+            self.redispatched += len(taken)
+            what = (f"held a frame past its {allowance:.1f} s deadline ({len(taken)} frame(s) taken away)" if missed
+                    else "never answered a frame taken away")
             self._strike(w, what)
 
     def _pick_worker(self, live: bool = False, avoid: _Worker | None = None) -> _Worker | None:
@@ -467,9 +490,7 @@ class SourceStage(Stage):
 
     def _send_frame(self, w: _Worker, st: _Stream, seq: int) -> None:
         frame, pts, _ = st.inflight[seq]
-        now = time.monotonic()
-        queued_until = max((due for _, due in w.inflight.values()), default=now)
-        w.inflight[(st.id, seq)] = (now, max(now, queued_until) + w.allowance(self.flow))
+        w.inflight[(st.id, seq)] = time.monotonic()
         try:
             send(self.sock, pack("frame", frame, stream=st.id, seq=seq, pts=pts), identity=w.ident)
         except PeerGone:
