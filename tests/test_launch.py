@@ -7,8 +7,8 @@ import pytest
 
 from vidseg.cli import cli
 from vidseg.cli.options import config_of
-from vidseg.config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
-from vidseg.launch import RunPlan, stage_commands, to_args
+from vidseg.config import AccessConfig, BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig
+from vidseg.launch import TOKEN_ENV, RunPlan, stage_commands, stage_env, to_args
 
 PLAN = RunPlan(
     source=SourceConfig(sources=("a.mp4", "b.mp4"), mode="live", fps=12.5),
@@ -49,8 +49,8 @@ def test_each_stage_rebuilds_the_same_settings_from_its_command_line(role, confi
 
 def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
     """A field added to a config dataclass without its flag would be silently dropped on the way to a stage."""
-    takes = {"source": (SourceConfig, FlowConfig), "sink": (OutputConfig, FlowConfig),
-             "worker": (ModelConfig, BatchConfig, FlowConfig)}
+    takes = {"source": (SourceConfig, FlowConfig, AccessConfig), "sink": (OutputConfig, FlowConfig, AccessConfig),
+             "worker": (ModelConfig, BatchConfig, FlowConfig, AccessConfig)}
     for role, classes in takes.items():
         names = {p.name for p in cli.commands[role].params}
         for cls in classes:
@@ -62,3 +62,13 @@ def test_to_args_leaves_unset_fields_to_the_stage_default():
     assert to_args(ModelConfig()) == ["--device", "auto"]
     assert to_args(OutputConfig(output=("a.mp4", "b.mp4"), preview=True))[:4] == ["--output", "a.mp4", "--output", "b.mp4"]
     assert "--preview" in to_args(OutputConfig(preview=True)) and "--no-preview" in to_args(OutputConfig())
+
+
+def test_run_admits_its_own_stages_with_a_fresh_token_kept_off_their_command_lines(tmp_path):
+    """Command lines are readable by every user of the machine (/proc/PID/cmdline); the environment is not."""
+    a, b = stage_env(str(tmp_path)), stage_env(str(tmp_path))
+    assert len(a[TOKEN_ENV]) >= 32 and a[TOKEN_ENV] != b[TOKEN_ENV]
+    for s in stage_commands(PLAN, "ipc:///tmp/x/d"):
+        assert a[TOKEN_ENV] not in " ".join(s.argv) and "--token" not in s.argv
+    token = next(p for p in cli.commands["source"].params if p.name == "token")
+    assert token.envvar == TOKEN_ENV  # the stages read it from there

@@ -60,10 +60,9 @@ def resolve_source(source: str) -> str:
 def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Decode sources and dispatch their frames to workers."""
     from ..launch import remove_run_dir
+    from ..errors import Interrupted
     from ..stages.base import peak_rss_mib
     from ..stages.source import SourceStage
-
-    from ..errors import Interrupted
 
     setup_logging("source", verbose, quiet)
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
