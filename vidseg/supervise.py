@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, InputError, StageError
+from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, InputError, StageError, TransportError
 
 log = logging.getLogger("vidseg.run")
 
@@ -134,14 +134,13 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
                                     f" {s.restarts + 1} times" if s.restarts else "")
                         s.finished = True
                     continue
-                # A stage killed by a signal is the cause; another's complaint about it ("the sink disconnected") is not.
-                killed = next((k for k in stages if k.role != "worker" and k.proc.poll() is not None and k.proc.returncode < 0), None)
+                s, rc = _cause(stages, s)
                 _terminate(stages)
-                if killed is not None:
-                    raise StageError(f"the {killed.role} stage died (signal {-killed.proc.returncode}); the pipeline was stopped")
+                if rc < 0:
+                    raise StageError(f"the {s.role} stage died (signal {-rc}); the pipeline was stopped")
                 if rc in REPORTED:
                     raise _Reported(rc)
-                raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")
+                raise StageError(f"the {s.role} stage died (exit code {rc}); the pipeline was stopped")
             if running == 0:
                 if stopped:  # (a signal that came after the run had ended changes nothing)
                     if sink_said:
@@ -155,6 +154,25 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _cause(stages: list[Stage], failed: Stage, settle: float = 2.0) -> tuple[Stage, int]:
+    """The stage whose failure ended the run, and its exit code.
+
+    When one stage fails, the source and sink that remain usually follow within moments, each with its
+    own view ("the sink disconnected"). After up to ``settle`` seconds for them, the cause is a stage
+    killed by a signal, else one that failed on its own (any code but a transport error), else ``failed``.
+    """
+    others = [k for k in stages if k.role != "worker" and k is not failed]
+    deadline = time.monotonic() + settle
+    while any(k.proc.poll() is None for k in others) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ended = [failed] + [k for k in others if k.proc.poll() not in (None, 0)]
+    for pick in (lambda k: k.proc.returncode < 0, lambda k: k.proc.returncode != TransportError.exit_code):
+        for k in ended:
+            if pick(k):
+                return k, k.proc.returncode
+    return failed, failed.proc.returncode
 
 
 class _Reported(StageError):
