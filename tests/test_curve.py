@@ -1,6 +1,7 @@
 """CURVE encryption and authentication for stages joined over tcp."""
 import re
 import shutil
+import time
 import subprocess
 import sys
 
@@ -25,19 +26,14 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
     ep = f"tcp://127.0.0.1:{_port()}"
     base = [sys.executable, "-m", "vidseg"]
     client = ["--curve-secret", str(keys / "client.key_secret"), "--curve-server", str(keys / "server.key")]
-    # An intruder without keys connects first: it must never be admitted.
+    # An intruder without keys connects first: it must never be admitted, and it is told why at once (it used to
+    # wait silently past its 60 s connect timeout). It is refused before the real peers start, while the source
+    # is surely up (a loaded machine may take longer to load its model than the run lasts).
     intruder = subprocess.Popen(base + ["worker", "--connect", ep, *TINY, "--connect-timeout", "60"], stderr=subprocess.PIPE, text=True)
     src = subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "--curve-secret", str(keys / "server.key_secret"),
-                                   "--curve-clients", str(allowed)], stderr=subprocess.PIPE, text=True)
-    sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(tmp_path / "o.mp4"), "--alpha", "0.3", *client], stderr=subprocess.PIPE, text=True)
-    worker = subprocess.Popen(base + ["worker", "--connect", ep, *TINY, *client], stderr=subprocess.PIPE, text=True)
+                                   "--curve-clients", str(allowed), "--connect-timeout", "120"], stderr=subprocess.PIPE, text=True)
+    sink = worker = None
     try:
-        for p in (src, sink, worker):
-            assert p.wait(timeout=120) == 0, p.stderr.read()
-        src_log = src.stderr.read()
-        assert src_log.count("worker") and src_log.count("connected (pid") == 1  # only the keyed worker joined
-        assert [read_barcode(f) for f in probe(tmp_path / "o.mp4")["frames"]] == list(range(8))
-        # Never admitted, and told why long before its 60 s connect timeout (it used to wait silently past it).
         try:
             rc = intruder.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -45,10 +41,20 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
             raise AssertionError(f"the intruder kept waiting past its connect timeout:\n{intruder.communicate()[1]}") from None
         assert rc == 3
         assert "uses CURVE encryption; give this stage --curve-secret" in intruder.stderr.read()
+        sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(tmp_path / "o.mp4"), "--alpha", "0.3", *client],
+                                stderr=subprocess.PIPE, text=True)
+        worker = subprocess.Popen(base + ["worker", "--connect", ep, *TINY, *client], stderr=subprocess.PIPE, text=True)
+        for p in (src, sink, worker):
+            assert p.wait(timeout=120) == 0, p.stderr.read()
+        src_log = src.stderr.read()
+        assert src_log.count("worker") and src_log.count("connected (pid") == 1  # only the keyed worker joined
+        assert "refused a peer (a client" in src_log and "1 peer(s) refused" in src_log  # the source said so too
+        assert [read_barcode(f) for f in probe(tmp_path / "o.mp4")["frames"]] == list(range(8))
     finally:
         for p in (src, sink, worker, intruder):
-            p.kill()
-            p.wait(timeout=10)
+            if p is not None:
+                p.kill()
+                p.wait(timeout=10)
 
 
 def test_bad_curve_key_file_is_one_line_error(tmp_path):
@@ -113,14 +119,20 @@ def test_a_client_with_an_unknown_key_is_told_at_once_and_the_source_logs_it(tmp
     shutil.copy(keys / "client.key", allowed / "client.key")
     ep = f"tcp://127.0.0.1:{_port()}"
     base = [sys.executable, "-m", "vidseg"]
-    src = subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "--curve-secret", str(keys / "server.key_secret"),
-                                   "--curve-clients", str(allowed), "--connect-timeout", "20"], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "source.log"
+    with open(log, "w") as fh:
+        src = subprocess.Popen(base + ["source", "--source", str(clip), "--bind", ep, "--curve-secret", str(keys / "server.key_secret"),
+                                       "--curve-clients", str(allowed), "--connect-timeout", "60"], stderr=fh, text=True)
     try:
         w = vidseg("worker", "--connect", ep, *TINY, "--curve-secret", str(other / "client.key_secret"),
                    "--curve-server", str(keys / "server.key"), "--connect-timeout", "60", timeout=60)
         assert w.returncode == 3 and "Traceback" not in w.stderr
         assert f"the source at {ep} refused this stage's CURVE key; copy this stage's public key" in w.stderr
+        deadline = time.monotonic() + 30  # the source logs it on its next loop pass (a guard, not a target)
+        while "refused a peer" not in log.read_text() and time.monotonic() < deadline and src.poll() is None:
+            time.sleep(0.05)
     finally:
         src.terminate()
-        src_log = src.communicate(timeout=30)[1]
+        src.wait(timeout=30)
+    src_log = log.read_text()
     assert re.search(r"refused a peer \(a client at 127\.0\.0\.1 with key \S+\.\.\. is not in --curve-clients\)", src_log), src_log
