@@ -230,9 +230,10 @@ class SourceStage(Stage):
                 self.streams.append(st)
             # A peer's largest part is one mask of the largest stream (or a header): anything larger is cut off unread.
             biggest_mask = max(st.reader.width * st.reader.height for st in self.streams)
-            # An honest peer never has more waiting than its masks in flight (≤ the windows) and a few control messages.
+            # An honest peer never has more waiting than its masks or acks in flight (≤ the windows) and a few
+            # control messages; a peer that sends more waits (libzmq stops reading it), the source's memory does not grow.
             sock, self.endpoint, self._curve = router(endpoint, linger=2000, curve=curve, max_part=biggest_mask,
-                                                      max_queued=flow.window * len(self.streams) + 64)
+                                                      max_queued=sum(st.window for st in self.streams) + 16)
         except BaseException:
             self._close_streams()
             raise
