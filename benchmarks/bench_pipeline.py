@@ -102,7 +102,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for n in (a.frames, a.long):
             clip = make_clip(Path(d) / f"clip{n}.mp4", n)
-            pipe = run_pipeline(clip, Path(d) / "p.mp4", model_args)
+            pipe = run_pipeline(clip, Path(d) / f"p{n}.mp4", model_args)  # a new file each time: outputs are never overwritten
             loop = run_loop(clip, Path(d) / "l.mp4", a.model, a.backbone, a.input_size)
             rows.append({
                 "frames": n,

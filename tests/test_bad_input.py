@@ -79,7 +79,7 @@ def test_missing_or_unreadable_weights(clip, tmp_path):
     junk = tmp_path / "w.pt"
     junk.write_bytes(os.urandom(4096))
     r = vidseg("run", "--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--weights", str(junk), *TINY)
-    _one_line_error(r, "not a readable PyTorch checkpoint")
+    _one_line_error(r, "PyTorch checkpoint")  # "not a ..." or (starting with a pickle byte, 1 in 256) "a damaged ..."
     assert _no_output(tmp_path) == []
 
 
@@ -102,3 +102,52 @@ def test_camera_that_does_not_open(tmp_path):
     r = vidseg("run", "--source", "cam7", "--output", str(tmp_path / "o.mp4"), *TINY)
     _one_line_error(r, "camera 7 could not be opened")
     assert _no_output(tmp_path) == []
+
+
+# -- weights files: every unreadable one is one line; a refused pickle says so; non-finite weights are an error ------
+def test_a_text_file_as_weights_is_one_line_saying_so(tmp_path):
+    """A CSV file used to reach torch's unpickler and print its IndexError traceback."""
+    txt = tmp_path / "weights.csv"
+    txt.write_text("layer,value\nconv1,0.5\n")
+    clip = make_clip(tmp_path / "c.mp4", frames=4, audio=False)
+    r = vidseg("run", "--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--weights", str(txt), *TINY)
+    assert r.returncode == 2
+    _one_line_error(r, "is a text file, not a PyTorch checkpoint")
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_says_so(tmp_path):
+    """It was refused, but the message said the file 'may be truncated'."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": Payload()}}, evil)
+    clip = make_clip(tmp_path / "c.mp4", frames=4, audio=False)
+    r = vidseg("run", "--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--weights", str(evil), *TINY)
+    line = _one_line_error(r, "was refused", "could run code", "system")
+    assert "truncated" not in line and "this must never run" not in r.stdout + r.stderr
+    assert r.returncode == 2
+
+
+def test_non_finite_weights_are_an_error_naming_the_first_tensor(tmp_path):
+    """A checkpoint full of NaN loaded silently and every mask became class 0."""
+    import torch
+
+    from vidseg.config import ModelConfig
+    from vidseg.zoo import load_model, save_checkpoint
+
+    model, card = load_model(ModelConfig(model="deeplabv3plus", width_mult=0.125, device="cpu"))
+    sd = model.state_dict()
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    with torch.no_grad():
+        sd[key].view(-1)[0] = float("nan")
+    nan = tmp_path / "nan.pt"
+    save_checkpoint(nan, model, card)
+    clip = make_clip(tmp_path / "c.mp4", frames=4, audio=False)
+    r = vidseg("run", "--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--weights", str(nan), "--device", "cpu",
+               "--input-size", "64")
+    _one_line_error(r, "non-finite values", key, "1 of")
+    assert _no_output(tmp_path) == ["c.mp4"]

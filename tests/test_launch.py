@@ -7,9 +7,9 @@ import pytest
 
 from vidseg.cli import cli
 from vidseg.cli.options import config_of
-from vidseg.config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
+from vidseg.config import AccessConfig, BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
 from vidseg.errors import InputError
-from vidseg.launch import RunPlan, stage_commands, stage_telemetry, to_args
+from vidseg.launch import TOKEN_ENV, RunPlan, stage_commands, stage_env, stage_telemetry, to_args
 
 PLAN = RunPlan(
     source=SourceConfig(sources=("a.mp4", "b.mp4"), mode="live", fps=12.5),
@@ -65,8 +65,9 @@ def test_metrics_ports_of_run_stay_in_range_and_off_means_off():
 
 def test_every_config_field_has_an_option_on_the_stage_that_takes_it():
     """A field added to a config dataclass without its flag would be silently dropped on the way to a stage."""
-    takes = {"source": (SourceConfig, FlowConfig, TelemetryConfig), "sink": (OutputConfig, FlowConfig, TelemetryConfig),
-             "worker": (ModelConfig, BatchConfig, FlowConfig, TelemetryConfig)}
+    takes = {"source": (SourceConfig, FlowConfig, AccessConfig, TelemetryConfig),
+             "sink": (OutputConfig, FlowConfig, AccessConfig, TelemetryConfig),
+             "worker": (ModelConfig, BatchConfig, FlowConfig, AccessConfig, TelemetryConfig)}
     for role, classes in takes.items():
         names = {p.name for p in cli.commands[role].params}
         for cls in classes:
@@ -88,3 +89,13 @@ def test_a_recipe_gives_the_sliding_window_as_a_list_or_text(tmp_path):
     cfg = config_of(ModelConfig, _parsed(["worker", "--config", str(rec)]))
     assert (cfg.inference, cfg.crop_size, cfg.crop_stride, cfg.flip) == ("slide", (96, 128), (64, 96), True)
     assert config_of(ModelConfig, _parsed(["worker", "--config", str(rec), "--crop-size", "769"])).crop_size == (769, 769)
+
+
+def test_run_admits_its_own_stages_with_a_fresh_token_kept_off_their_command_lines(tmp_path):
+    """Command lines are readable by every user of the machine (/proc/PID/cmdline); the environment is not."""
+    a, b = stage_env(str(tmp_path)), stage_env(str(tmp_path))
+    assert len(a[TOKEN_ENV]) >= 32 and a[TOKEN_ENV] != b[TOKEN_ENV]
+    for s in stage_commands(PLAN, "ipc:///tmp/x/d"):
+        assert a[TOKEN_ENV] not in " ".join(s.argv) and "--token" not in s.argv
+    token = next(p for p in cli.commands["source"].params if p.name == "token")
+    assert token.envvar == TOKEN_ENV  # the stages read it from there

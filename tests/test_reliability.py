@@ -304,10 +304,14 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
 
 # -- 4. an HTTP MJPEG camera that drops and comes back ---------------------------------------------
 class _MjpegServer:
-    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts."""
+    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts.
+
+    ``sent[i]`` is the monotonic time frame ``i`` was written to the socket (its real place in time).
+    """
 
     def __init__(self, port: int = 0, fps: float = 25.0, counter: list | None = None):
         self.counter = counter if counter is not None else [0]
+        self.sent: dict[int, float] = {}
         self.stopping = threading.Event()
         outer = self
 
@@ -330,6 +334,7 @@ class _MjpegServer:
                         data = jpg.tobytes()
                         self.wfile.write(b"--vsframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n")
                         self.wfile.flush()
+                        outer.sent[i] = time.monotonic()
                         time.sleep(1 / fps)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -390,13 +395,47 @@ def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
         rc = run.wait()
     finally:
         srv.stop()
-    assert rc == 0, run.text()
+    assert rc == 130, run.text()  # interrupted: exits non-zero, saying what was written
     assert "Traceback" not in run.text()
+    assert re.search(r"^vidseg: interrupted: wrote \d+ frame\(s\) to .*out\.mp4$", run.text(), re.M), run.text()
     got = barcodes(out)
     assert len(got) >= 20
     assert all(x < y for x, y in zip(got, got[1:])), got
     assert got[-1] >= served_before, (got, served_before)  # frames from after the reconnect made it out
     assert no_partials(tmp_path) == []
+
+
+def test_a_live_reader_is_never_closed_under_its_reading_thread():
+    """The signal 11 once seen at the drain of a 10-minute live MJPEG run: the source closed the stream (FFmpeg
+    frees the demuxer) while its reading thread was still inside a read. Now closing waits for that thread."""
+    import types
+
+    from vidseg.stages.source import SourceStage, _LiveGrabber, _Stream
+
+    class SlowReader:
+        """Each frame takes 0.3 s to 'decode'; close() records whether a read was in progress."""
+
+        live, fps, lost = True, Fraction(25), 0
+
+        def __init__(self):
+            self.inside = threading.Event()
+            self.closed_inside: list[bool] = []
+
+        def __iter__(self):
+            for i in range(1000):
+                self.inside.set()
+                time.sleep(0.3)
+                self.inside.clear()
+                yield np.zeros((4, 4, 3), np.uint8), i / 25
+
+        def close(self):
+            self.closed_inside.append(self.inside.is_set())
+
+    reader = SlowReader()
+    st = _Stream(0, "slow://", reader, "live", grabber=_LiveGrabber(reader, pace=False))
+    assert reader.inside.wait(5)  # the thread is in the middle of a read
+    SourceStage._close_streams(types.SimpleNamespace(streams=[st]))
+    assert reader.closed_inside == [False]
 
 
 # -- 5. SIGTERM / SIGINT to `vidseg run`: drain --------------------------------------------------------
@@ -412,11 +451,13 @@ def test_signal_to_run_drains_to_a_valid_output(tmp_path, procs, sig):
     assert len(children) == 3, children  # source, sink, one worker
     run.signal(sig)
     rc = run.wait()
-    assert rc == 0, run.text()
+    assert rc == 130, run.text()  # interrupted: not "done"
     text = run.text()
     assert "Traceback" not in text and "vidseg: error" not in text, text
     got = barcodes(out)
     assert 10 <= len(got) < n, len(got)
+    line = [ln for ln in text.splitlines() if ln.startswith("vidseg:")]
+    assert line == [f"vidseg: interrupted: wrote {len(got)} of ~{n} frame(s) to {out}"], text
     assert got == list(range(len(got)))
     assert masks_written(tmp_path) == len(got)
     assert no_partials(tmp_path) == []
@@ -543,19 +584,26 @@ def _fuzz_worker(tmp_path, procs, garbage) -> Proc:
     return worker
 
 
+def final_count(log: str, pattern: str) -> int:
+    """A count from a stage's final summary line (rejections are logged at a rate limit, not one line each)."""
+    m = re.search(pattern, log)
+    assert m, log
+    return int(m.group(1))
+
+
 def test_worker_survives_malformed_messages(tmp_path, procs):
     garbage = _wire_garbage()
     worker = _fuzz_worker(tmp_path, procs, garbage)
     text = worker.text()
-    assert text.count("dropped a malformed message") == len(garbage), text
-    assert f"{len(garbage)} so far" in text
+    assert final_count(text, r"done: \d+ frames, (\d+) malformed message\(s\) dropped") == len(garbage), text
+    assert text.count("dropped a malformed message") == 1, text  # the first at once; the rest in summaries
     assert worker_frames(text) == len(garbage) + 1
 
 
 def test_worker_survives_overflowing_shapes(tmp_path, procs):
     garbage = _overflow_garbage()
     worker = _fuzz_worker(tmp_path, procs, garbage)
-    assert worker.text().count("dropped a malformed message") == len(garbage), worker.text()
+    assert final_count(worker.text(), r"done: \d+ frames, (\d+) malformed message\(s\) dropped") == len(garbage), worker.text()
 
 
 def _fuzz_source(clip: Path, tmp_path: Path, procs, garbage: list[list[bytes]]):
@@ -585,7 +633,11 @@ def _fuzz_source(clip: Path, tmp_path: Path, procs, garbage: list[list[bytes]]):
 def test_source_survives_malformed_messages_mid_run(clip120, tmp_path, procs):
     garbage = _wire_garbage()
     src = _fuzz_source(clip120, tmp_path, procs, garbage)
-    assert re.search(rf"\b{2 * len(garbage)} malformed message\(s\) dropped", src.text()), src.text()
+    # A part larger than the source's largest message (here the 70 KB header) is cut off by libzmq before it is
+    # read (MAXMSGSIZE): that peer is disconnected, nothing reaches the source to count.
+    counted = [g for g in garbage if max(len(p) for p in g) <= 64 * 1024]
+    assert len(counted) == len(garbage) - 1
+    assert re.search(rf"\b{2 * len(counted)} malformed message\(s\) dropped", src.text()), src.text()
 
 
 def test_source_survives_overflowing_shapes(clip120, tmp_path, procs):
@@ -623,7 +675,7 @@ def test_sink_survives_malformed_messages(tmp_path, procs):
         assert sink.wait(30) == 0, sink.text()
     finally:
         fake.close()
-    assert sink.text().count("dropped a malformed message") == len(garbage), sink.text()
+    assert final_count(sink.text(), r"frames/s\), (\d+) malformed message\(s\) dropped") == len(garbage), sink.text()
     assert barcodes(out) == list(range(len(garbage)))
 
 

@@ -80,3 +80,140 @@ def test_zero_copy_over_a_real_socket(tmp_path):
         a.close(linger=0)
         b.close(linger=0)
         ctx.term()
+
+
+# -- decoding is total: any input is a valid, bounded message or a WireError -------------------------------------
+import math  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vidseg.wire import FIELDS, MAX_DEPTH, MAX_HEADER, Message  # noqa: E402
+
+PREFIX = MAGIC + bytes([WIRE_VERSION])
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decode(parts):
+    """unpack's only outcomes: a Message, or WireError. Anything else escaping is a bug that would kill a stage."""
+    try:
+        return unpack(parts)
+    except WireError:
+        return None
+
+
+def _depth(x) -> int:
+    if isinstance(x, dict):
+        return 1 + max(map(_depth, x.values()), default=0)
+    if isinstance(x, list):
+        return 1 + max(map(_depth, x), default=0)
+    return 0
+
+
+def _finite_everywhere(x) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(map(_finite_everywhere, x.values()))
+    if isinstance(x, list):
+        return all(map(_finite_everywhere, x))
+    return True
+
+
+def _valid(m: Message) -> None:
+    """What a decoded message guarantees to every stage."""
+    assert m.kind in FIELDS
+    for name, (required, check) in FIELDS[m.kind].items():
+        if required:
+            assert name in m.header
+        if name in m.header:
+            assert check(name, m.header[name]) is m.header[name]
+    assert _depth(m.header) <= MAX_DEPTH and _finite_everywhere(m.header)
+    if m.kind in ("frame", "mask"):
+        assert list(m.array.shape) == m["shape"] and str(m.array.dtype) == m["dtype"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids, max_size=5),
+    max_leaves=40,
+)
+KIND = st.sampled_from(sorted(FIELDS) + ["teleport", ""])
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=300), max_size=4))
+def test_any_bytes_decode_to_a_valid_message_or_a_wire_error(parts):
+    m = _decode(parts)
+    if m is not None:
+        _valid(m)
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.lists(st.binary(max_size=64), max_size=2))
+def test_any_bytes_after_the_prefix_decode_or_are_rejected(body, rest):
+    m = _decode([PREFIX + body, *rest])
+    if m is not None:
+        _valid(m)
+
+
+@FUZZ
+@given(KIND, st.dictionaries(st.sampled_from(sorted({f for v in FIELDS.values() for f in v}) + ["x"]), JSON, max_size=8),
+       st.lists(st.binary(max_size=64), max_size=2))
+def test_any_json_header_decodes_to_a_valid_message_or_a_wire_error(kind, fields, rest):
+    head = PREFIX + json.dumps({"kind": kind, **fields}, allow_nan=True).encode()
+    m = _decode([head, *rest])
+    if m is not None:
+        _valid(m)
+
+
+@FUZZ
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(1, 3))
+def test_frames_round_trip_and_every_mangled_size_is_rejected(h, w, c):
+    a = np.arange(h * w * c, dtype=np.uint8).reshape(h, w, c)
+    parts = [bytes(p) for p in pack("frame", a, stream=0, seq=1, pts=0.5)]
+    np.testing.assert_array_equal(unpack(parts).array, a)
+    for n in {0, len(parts[1]) - 1, len(parts[1]) + 1} - {len(parts[1])}:
+        if n >= 0:
+            with pytest.raises(WireError):
+                unpack([parts[0], bytes(n)])
+
+
+@pytest.mark.parametrize("body, needle", [
+    (b"[" * 50_000, "deeper"),  # RecursionError in json before
+    (b'{"kind": "hb", "x": ' + b"[" * 7 + b"1" + b"]" * 7 + b"}", "deeper"),
+    (b'{"kind": "hello", "role": "worker", "credits": Infinity}', "finite"),
+    (b'{"kind": "hello", "role": "worker", "credits": 1e999}', "finite"),
+    (b'{"kind": "frame", "stream": 0, "seq": 1e999, "pts": 0, "shape": [1], "dtype": "uint8"}', "finite"),
+    (b'{"kind": "hb", "x": NaN}', "finite"),
+    (b'{"kind": "ack", "stream": 0, "written": ' + b"9" * 5000 + b"}", "digits"),
+    (b'{"kind": "ack", "stream": 0, "written": 1.5}', "integer"),
+    (b'{"kind": "ack", "stream": 0, "written": true}', "integer"),  # a bool is not a count
+    (b'{"kind": "ack", "stream": -1, "written": 0}', "integer"),
+    (b'{"kind": "hello", "role": "admin"}', "one of"),
+    (b'{"kind": "hello", "role": "worker", "credits": 0}', "integer"),
+    (b'{"kind": "hello", "role": "worker", "card": {"class_names": ["a"], "palette": [[1, 2]]}}', "card"),
+    (b'{"kind": "hello", "role": "worker", "card": {"class_names": ["a"], "palette": [[1, 2, 300]]}}', "card"),
+    (b'{"kind": "hello", "role": "worker", "card": {"class_names": [1], "palette": [[1, 2, 3]]}}', "card"),
+    (b'{"kind": "hello", "role": "worker", "card": {"class_names": ["a", "b"], "palette": [[1, 2, 3]]}}', "card"),
+    (b'{"kind": "info", "stream": 0, "width": 0, "height": 5, "fps": [25, 1]}', "integer"),
+    (b'{"kind": "info", "stream": 0, "width": 5, "height": 5, "fps": [25, 0]}', "fps"),
+])
+def test_hostile_headers_are_rejected_with_a_reason(body, needle):
+    with pytest.raises(WireError, match=needle):
+        unpack([PREFIX + body])
+
+
+def test_a_header_at_the_size_limit_decodes_and_one_byte_more_is_rejected():
+    pad = '{"kind": "hb", "x": "%s"}'
+    fit = (pad % ("a" * (MAX_HEADER - len(PREFIX) - len(pad) + 2))).encode()
+    assert len(PREFIX + fit) == MAX_HEADER
+    assert unpack([PREFIX + fit]).kind == "hb"
+    with pytest.raises(WireError, match="exceeds"):
+        unpack([PREFIX + fit[:-2] + b'a"}'])
+
+
+def test_a_valid_card_passes_and_is_kept_whole():
+    card = {"name": "m", "class_names": ["road", "car"], "palette": [[0, 0, 0], [255, 10, 3]]}
+    m = unpack(pack("hello", role="worker", credits=2, card=card))
+    assert m["card"] == card

@@ -105,9 +105,11 @@ class FlowConfig:
     """Backpressure, ordering and liveness settings shared by the stages."""
 
     window: int = 16  # frames between dispatch and written, per stream
+    window_mb: float = 256.0  # ... and at most this many MiB of them (frame + mask), so frame size cannot blow up a stage
     credits: int = 2  # frames a worker may hold at once
     heartbeat: float = 0.5  # seconds between heartbeats
-    worker_timeout: float = 3.0  # missed heartbeats after which a worker's frames go elsewhere
+    worker_timeout: float = 3.0  # missed heartbeats after which a worker's frames go elsewhere; the floor of frame deadlines
+    frame_timeout: float = 60.0  # how long a worker that has returned no mask yet may hold a frame (model warm-up)
     peer_timeout: float = 30.0  # silence after which the source or sink is presumed gone
     connect_timeout: float = 60.0  # how long the source waits for its sink and a worker
     no_worker_grace: float = 30.0  # how long a pipeline with work left waits for a worker to (re)join
@@ -138,6 +140,7 @@ class OutputConfig:
     json: str | None = None  # per-frame metadata, one JSON line per frame (vidseg.metadata)
     serve: str | None = None  # HOST:PORT of the browser preview page (vidseg.preview)
     progress: bool | None = None  # a progress bar; None: when stderr is a terminal
+    overwrite: bool = False  # replace existing outputs (videos, mask folders); refused otherwise
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,18 @@ class CurveConfig:
     curve_secret: str | None = None  # this stage's secret key file
     curve_server: str | None = None  # connecting stages: the source's public key file
     curve_clients: str | None = None  # the source: folder of admitted public keys
+    curve_insecure_key: bool = False  # accept a secret key file other users can read (with a warning)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may join the source without CURVE: peers whose hello carries this token.
+
+    ``vidseg run`` makes one per run and hands it to its own stages in the
+    environment (never on a command line, which other users can read).
+    """
+
+    token: str | None = None
 
 
 def load_config_file(path: str) -> dict[str, Any]:

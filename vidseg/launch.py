@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -17,12 +19,17 @@ from typing import Any, Iterator
 
 from .config import BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
 from .errors import InputError
+from .outputs import PARTIALS_ENV, remove_partials
 from .supervise import Stage, supervise
 from .webserver import format_address, parse_address
 
 RUN_DIR_ENV = "VIDSEG_RUN_DIR"
 RUN_PID_ENV = "VIDSEG_RUN_PID"
+TOKEN_ENV = "VIDSEG_TOKEN"  # the --token option's variable: how run admits its own stages, and only them
 MODEL_FILE = "model.pt"  # a public checkpoint, converted once for every worker (vidseg.zoo.freeze_for_workers)
+PARTIALS_FILE = "partials"  # the sink lists its temporary outputs here; removed by run if the sink dies
+
+log = logging.getLogger("vidseg.run")
 
 
 def to_args(cfg: Any) -> list[str]:
@@ -121,9 +128,26 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
     return stages
 
 
+def stage_env(folder: str) -> dict[str, str]:
+    """The environment ``run`` gives its stages: its folder and pid, a fresh admission token, the partials record.
+
+    The token travels in the environment, not on the command line, which any user of the machine can read.
+    """
+    return {RUN_DIR_ENV: folder, RUN_PID_ENV: str(os.getpid()), TOKEN_ENV: secrets.token_urlsafe(32),
+            PARTIALS_ENV: os.path.join(folder, PARTIALS_FILE)}
+
+
 def launch(plan: RunPlan, folder: str) -> None:
-    """Run ``plan``'s stages on a private ipc endpoint in ``folder`` and supervise them to the end."""
-    supervise(stage_commands(plan, f"ipc://{folder}/dispatch"), env={RUN_DIR_ENV: folder, RUN_PID_ENV: str(os.getpid())})
+    """Run ``plan``'s stages on a private ipc endpoint in ``folder`` and supervise them to the end.
+
+    Whatever the end, temporary outputs a killed sink left behind are removed.
+    """
+    env = stage_env(folder)
+    try:
+        supervise(stage_commands(plan, f"ipc://{folder}/dispatch"), env=env)
+    finally:
+        for path in remove_partials(env[PARTIALS_ENV]):
+            log.warning("removed %s, the unfinished output of a sink that did not finish", path)
 
 
 def remove_run_dir(endpoint: str) -> None:
@@ -139,7 +163,7 @@ def remove_run_dir(endpoint: str) -> None:
         return
     if str(os.getppid()) == os.environ.get(RUN_PID_ENV):
         return  # run is alive: it removes the folder itself (and may start more stages in it)
-    for leftover in (endpoint[len("ipc://"):], os.path.join(folder, MODEL_FILE)):
+    for leftover in (endpoint[len("ipc://"):], os.path.join(folder, MODEL_FILE), os.path.join(folder, PARTIALS_FILE)):
         with contextlib.suppress(OSError):
             os.unlink(leftover)  # libzmq may leave the socket file behind after close
     with contextlib.suppress(OSError):

@@ -2,12 +2,18 @@
 
 ``vidseg run``, ``vidseg sink`` and ``vidseg eval`` all call
 :func:`plan_outputs`; the sink asks the plan for each stream's paths when the
-stream is announced. Every rule about outputs (suffix, writable folder, new
-masks folder, templates, one file per stream, never over an input) is here.
+stream is announced. Every rule about outputs (suffix, writable folder,
+existing outputs refused unless ``--overwrite``, templates, one file per
+stream, never over an input), what a failed write says (a full disk names the
+path and the free space), and the record of temporary files a killed sink
+leaves for ``vidseg run`` to remove, is here.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import string
 import tempfile
 from dataclasses import dataclass
@@ -15,14 +21,16 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import OutputConfig
-from .errors import InputError
+from .errors import InputError, StageError
 
+#: The file (named by ``vidseg run`` in this variable) where a sink lists its temporary outputs as it opens them.
+PARTIALS_ENV = "VIDSEG_PARTIALS"
 TEMPLATE_FIELDS = ("stream", "name")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
 
 
-def check_output_path(path: str) -> Path:
-    """Fail early, with the fix, when video ``path`` cannot be written."""
+def check_output_path(path: str, overwrite: bool = False) -> Path:
+    """Fail early, with the fix, when video ``path`` cannot be written (or exists, without ``overwrite``)."""
     p = Path(path)
     if p.suffix.lower() not in VIDEO_SUFFIXES:
         raise InputError(f"output {path} must end in .mp4 (H.264 MP4 is what vidseg writes)")
@@ -31,27 +39,37 @@ def check_output_path(path: str) -> Path:
         raise InputError(f"output directory {parent} does not exist; create it first")
     if p.is_dir():
         raise InputError(f"output {path} is a directory; give a file name ending in .mp4")
+    check_new_file(path, "--output", overwrite)
     _probe_writable(parent, p.name, "--output")
     return p
 
 
-def check_json_path(path: str) -> Path:
-    """The ``--json`` metadata file: in a writable folder, not a folder itself."""
+def check_json_path(path: str, overwrite: bool = False) -> Path:
+    """The ``--json`` metadata file: in a writable folder, not a folder itself, new unless ``overwrite``."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"directory {parent} of --json {path} does not exist; create it first")
     if p.is_dir():
         raise InputError(f"--json {path} is a directory; give a file name such as frames.jsonl")
+    check_new_file(path, "--json", overwrite)
     _probe_writable(parent, p.name, "--json file")
     return p
 
 
-def check_masks_dir(path: str) -> Path:
-    """The masks folder must be new (or empty) and its parent writable."""
+def check_new_file(path: str, flag: str, overwrite: bool) -> None:
+    """The one policy for every output file (videos, reports): an existing one is refused unless ``overwrite``."""
+    if os.path.lexists(path) and not overwrite:
+        raise InputError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another name")
+
+
+def check_masks_dir(path: str, overwrite: bool = False) -> Path:
+    """The masks folder must be new or empty (or, with ``overwrite``, a folder to replace); its parent writable."""
     p = Path(path)
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
-        raise InputError(f"masks folder {path} already exists and is not empty; choose a new --masks folder")
+    if p.exists() and not p.is_dir():
+        raise InputError(f"masks folder {path} exists and is not a folder; choose another --masks")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise InputError(f"masks folder {path} already exists and is not empty; pass --overwrite to replace it, or choose a new --masks folder")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"directory {parent} does not exist; create it first")
@@ -113,11 +131,13 @@ class OutputPlan:
     def masks_for(self, stream: int, source: str, streams: int) -> str | None:
         return self._for(self.out.masks, check_masks_dir, stream, source, streams)
 
-    @staticmethod
-    def _for(outs: Sequence[str], check, stream: int, source: str, streams: int) -> str | None:
+    def _for(self, outs: Sequence[str], check, stream: int, source: str, streams: int) -> str | None:
         path = path_for(outs, stream, source, streams)
         if path is not None and len(outs) == 1 and is_template(outs[0]):
-            check(path)
+            check(path, self.out.overwrite)
+        if path is not None and source and not _is_url(source) and _identity(path) is not None \
+                and _identity(path) == _identity(source):  # a sink started by hand learns its input only now
+            raise InputError(f"output {path} is the input of stream {stream}; choose another output name")
         return path
 
 
@@ -127,7 +147,7 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
         raise InputError("nothing to write, and no display here for a preview window: watch in a browser with --serve :8080 "
                          "(then open http://127.0.0.1:8080/), or give --output FILE.mp4, --masks DIR or --json FILE.jsonl")
     if out.json:
-        check_json_path(out.json)
+        check_json_path(out.json, out.overwrite)
     plan = OutputPlan(out)
     for outs, flag in ((out.output, "--output"), (out.masks, "--masks")):
         for o in outs:
@@ -138,10 +158,10 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
     if sources is None:  # a sink started by hand: the streams are announced later
         for o in out.output:
             if not is_template(o):
-                check_output_path(o)
+                check_output_path(o, out.overwrite)
         for m in out.masks:
             if not is_template(m):
-                check_masks_dir(m)
+                check_masks_dir(m, out.overwrite)
         return plan
     inputs = {_identity(s) for s in sources} - {None}
     if out.json and (_identity(out.json) in inputs or Path(out.json).resolve() in {Path(s).resolve() for s in sources if not _is_url(s)}):
@@ -152,7 +172,6 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
                             (path_for(out.masks, i, src, len(sources)), check_masks_dir)):
             if path is None:
                 continue
-            check(path)
             key = Path(path).resolve()
             if key in seen:
                 raise InputError(f"streams {seen[key]} and {i} would both be written to {path}; "
@@ -160,7 +179,54 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
             seen[key] = i
             if _identity(path) in inputs or key in {Path(s).resolve() for s in sources if not _is_url(s)}:
                 raise InputError(f"output {path} is one of the inputs; choose another output name")
+            check(path, out.overwrite)
     return plan
+
+
+def output_error(path: str | os.PathLike, e: OSError) -> StageError:
+    """A failed write as one line: a full disk names the path and the free space; the partial file is gone."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            free = _size(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "unknown"
+        return StageError(f"no space left to write {path} ({free} free in {folder}); the partial output was removed — "
+                          "free some space or write elsewhere")
+    return StageError(f"cannot write {path} ({getattr(e, 'strerror', None) or e}); the partial output was removed")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def record_partial(path: str | os.PathLike) -> None:
+    """List a temporary output in the file ``vidseg run`` named (if any), so it can remove it after a kill -9."""
+    record = os.environ.get(PARTIALS_ENV)
+    if record:
+        with open(record, "a") as fh:
+            fh.write(f"{os.path.abspath(path)}\n")
+
+
+def remove_partials(record: str) -> list[str]:
+    """Remove every temporary output listed in ``record`` that still exists; returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError), open(record) as fh:
+        for line in fh:
+            p = Path(line.rstrip("\n"))
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists() or p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            else:
+                continue
+            removed.append(str(p))
+    return removed
 
 
 def _is_url(s: str) -> bool:

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, StageError
+from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, InputError, StageError, TransportError
 
 log = logging.getLogger("vidseg.run")
 
@@ -65,8 +65,13 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     Stages run in their own session so a terminal's Ctrl-C reaches only this
     supervisor, which turns the first SIGINT/SIGTERM into a drain (the source
     stops reading, every frame in flight is finished and outputs are closed
-    validly) and the second into an abort. A stage that fails stops the
-    others, so no orphan process is left behind.
+    validly; once the source has ended, the other stages are told to finish
+    too) and the second into an abort. An interrupted run ends with the
+    interrupted exit code (the sink says what it wrote). A source or sink that
+    fails stops the others, so no orphan process is left behind; a worker that
+    fails is that worker's problem: its frames go to the others and it is
+    restarted; one that failed on its input (exit 2: the weights, the model)
+    stops the run, since every worker of the run shares that input.
     """
     env = {**os.environ, **(env or {})}
     interrupts = {"n": 0}
@@ -83,49 +88,64 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
         s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
 
-    env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor
+    env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor (or the sink)
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopped_by_user = (-signal.SIGTERM, -signal.SIGINT, INTERRUPTED_EXIT_CODE, 128 + signal.SIGTERM)
+    told_to_finish = sink_said = stopped = False
     try:
         for s in stages:
             start(s)
-        released = False
         while True:
             running = 0
             source_alive = any(s.role == "source" and s.proc.poll() is None for s in stages)
-            if not released and all(s.finished for s in stages if s.role != "worker"):
-                # Source and sink are done: every frame is written. A worker still starting (or
-                # waiting for a source that has gone) has nothing left to do; stop it.
-                released = True
-                late = [s for s in stages if s.role == "worker" and s.proc.poll() is None]
-                if late:
-                    log.debug("stopping %d worker(s) that joined after the work was done", len(late))
-                    _terminate(late)
+            if interrupts["n"] and not source_alive and not told_to_finish:
+                # The source has drained (or died of the signal while starting): the others finish what they hold.
+                _signal(stages, signal.SIGTERM, roles=("sink", "worker"))
+                told_to_finish = True
+            elif not source_alive and not told_to_finish and any(s.role == "source" and s.proc.returncode == 0 for s in stages):
+                # The source finished: a replacement worker still starting up would wait for it in vain.
+                _signal(stages, signal.SIGTERM, roles=("worker",))
+                told_to_finish = True
             for s in stages:
                 rc = s.proc.poll()
                 if rc is None:
                     running += 1
                     continue
-                if rc == 0 or s.finished or (released and s.role == "worker"):
+                if rc == 0 or s.finished:
                     s.finished = True
                     continue
                 why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-                if interrupts["n"] and rc in (-signal.SIGTERM, -signal.SIGINT, INTERRUPTED_EXIT_CODE, 128 + signal.SIGTERM):
-                    raise KeyboardInterrupt  # a stage stopped by the user's signal, e.g. during start-up
-                if s.role == "worker" and source_alive and rc not in REPORTED:
+                if interrupts["n"] and rc in stopped_by_user:
+                    s.finished = stopped = True  # stopped by the user's signal: the others are finishing too
+                    sink_said = sink_said or (s.role == "sink" and rc == INTERRUPTED_EXIT_CODE)
+                    continue
+                if told_to_finish and s.role == "worker" and rc in stopped_by_user:
+                    s.finished = True  # a worker told to go after the source finished
+                    continue
+                if s.role == "worker" and source_alive and rc != InputError.exit_code:  # bad input: every worker has it
                     if s.restarts < worker_restarts:
                         s.restarts += 1
-                        log.warning("a worker died (%s); its frames go to the others, starting a replacement (%d/%d)", why, s.restarts, worker_restarts)
+                        log.warning("a worker %s (%s); its frames go to the others, starting a replacement (%d/%d)",
+                                    "failed" if rc in REPORTED else "died", why, s.restarts, worker_restarts)
                         start(s)
                         running += 1
                     else:
-                        log.warning("a worker died (%s) %d times; not restarting it", why, s.restarts + 1)
+                        log.warning("a worker failed (%s)%s; not restarting it", why,
+                                    f" {s.restarts + 1} times" if s.restarts else "")
                         s.finished = True
                     continue
+                s, rc = _cause(stages, s)
                 _terminate(stages)
+                if rc < 0:
+                    raise StageError(f"the {s.role} stage died (signal {-rc}); the pipeline was stopped")
                 if rc in REPORTED:
                     raise _Reported(rc)
-                raise StageError(f"the {s.role} stage died ({why}); the pipeline was stopped")
+                raise StageError(f"the {s.role} stage died (exit code {rc}); the pipeline was stopped")
             if running == 0:
+                if stopped:  # (a signal that came after the run had ended changes nothing)
+                    if sink_said:
+                        raise _Reported(INTERRUPTED_EXIT_CODE)  # the sink's line said what was written
+                    raise KeyboardInterrupt
                 return
             time.sleep(poll)
     except BaseException:
@@ -134,6 +154,25 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _cause(stages: list[Stage], failed: Stage, settle: float = 2.0) -> tuple[Stage, int]:
+    """The stage whose failure ended the run, and its exit code.
+
+    When one stage fails, the source and sink that remain usually follow within moments, each with its
+    own view ("the sink disconnected"). After up to ``settle`` seconds for them, the cause is a stage
+    killed by a signal, else one that failed on its own (any code but a transport error), else ``failed``.
+    """
+    others = [k for k in stages if k.role != "worker" and k is not failed]
+    deadline = time.monotonic() + settle
+    while any(k.proc.poll() is None for k in others) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ended = [failed] + [k for k in others if k.proc.poll() not in (None, 0)]
+    for pick in (lambda k: k.proc.returncode < 0, lambda k: k.proc.returncode != TransportError.exit_code):
+        for k in ended:
+            if pick(k):
+                return k, k.proc.returncode
+    return failed, failed.proc.returncode
 
 
 class _Reported(StageError):

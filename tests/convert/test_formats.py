@@ -222,7 +222,7 @@ def test_truncated_and_foreign_files_fail_clearly(files, tmp_path):
     text.write_text("not a checkpoint\n" * 50)
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], listing)
-    for bad, needle in ((cut, "truncated"), (text, "not a readable PyTorch checkpoint"), (listing, "no state dict")):
+    for bad, needle in ((cut, "truncated"), (text, "is a text file, not a PyTorch checkpoint"), (listing, "no state dict")):
         with pytest.raises(InputError, match=needle):
             import_checkpoint(str(bad), str(tmp_path / "out.pt"))
         with pytest.raises(InputError, match=needle):

@@ -33,7 +33,8 @@ class VidsegGroup(click.Group):
             ctx.exit(code)
         except VidsegError as e:
             line, code = report(e)
-            if line:
+            quiet = not e.say_under_run and os.environ.get("VIDSEG_STAGE")
+            if line and not quiet:
                 click.echo(line, err=True)
             ctx.exit(code)
 

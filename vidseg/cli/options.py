@@ -18,6 +18,7 @@ from ..config import (
     OVERLAYS,
     PRECISIONS,
     RUNTIMES,
+    AccessConfig,
     BatchConfig,
     CurveConfig,
     FlowConfig,
@@ -86,9 +87,11 @@ batch_options = compose(
 
 flow_options = compose(
     click.option("--window", type=click.IntRange(1, 4096), default=FlowConfig.window, show_default=True, help="Frames allowed between dispatch and written (bounds memory)."),
+    click.option("--window-mb", type=click.FloatRange(0.01, 1 << 20), default=FlowConfig.window_mb, show_default=True, help="...and MiB of frames and masks allowed between dispatch and written (large frames get a shorter window)."),
     click.option("--credits", type=click.IntRange(1, 256), default=FlowConfig.credits, show_default=True, help="Frames one worker may hold at once."),
     click.option("--heartbeat", type=click.FloatRange(0.05, 60), default=FlowConfig.heartbeat, show_default=True, help="Seconds between heartbeats."),
-    click.option("--worker-timeout", type=click.FloatRange(0.2, 3600), default=FlowConfig.worker_timeout, show_default=True, help="Seconds of missed heartbeats before a worker's frames go to others."),
+    click.option("--worker-timeout", type=click.FloatRange(0.2, 3600), default=FlowConfig.worker_timeout, show_default=True, help="Seconds of missed heartbeats before a worker's frames go to others; also the shortest frame deadline."),
+    click.option("--frame-timeout", type=click.FloatRange(0.2, 3600), default=FlowConfig.frame_timeout, show_default=True, help="Seconds a worker may hold a frame before it has returned its first mask (model warm-up); later deadlines follow its measured speed."),
     click.option("--peer-timeout", type=click.FloatRange(0.5, 3600), default=FlowConfig.peer_timeout, show_default=True, help="Seconds of silence before a peer is presumed gone."),
     click.option("--connect-timeout", type=click.FloatRange(0.5, 3600), default=FlowConfig.connect_timeout, show_default=True, help="Seconds to wait for peers to connect."),
     click.option("--no-worker-grace", type=click.FloatRange(0.0, 3600), default=FlowConfig.no_worker_grace, show_default=True, help="Seconds a pipeline with work left waits for a worker before failing."),
@@ -129,20 +132,29 @@ output_options = compose(
     click.option("--json", default=None, metavar="FILE.jsonl", help="Write per-frame metadata: one JSON line per frame (stream, seq, pts, class pixel fractions, latency)."),
     click.option("--serve", default=None, callback=_address, metavar="HOST:PORT", help="Serve a live preview page (MJPEG, legend, figures) at http://HOST:PORT/ (HOST defaults to 127.0.0.1)."),
     click.option("--progress/--no-progress", default=None, help="A progress bar per stream. [default: when stderr is a terminal]"),
+    click.option("--overwrite/--no-overwrite", default=OutputConfig.overwrite, show_default=True, help="Replace existing outputs (videos, mask folders, --json); without it they are refused."),
 )
 
 telemetry_options = compose(
     click.option("--metrics", default=None, callback=_address, metavar="HOST:PORT", help="Serve Prometheus /metrics, /healthz and /readyz on HOST:PORT (pip install 'vidseg[metrics]')."),
 )
 
+_insecure_key = click.option("--curve-insecure-key", is_flag=True, help="Accept a secret key file that other users can read (warns); otherwise it is refused.")
+_token = click.option("--token", envvar="VIDSEG_TOKEN", show_envvar=True, default=None,
+                      help="Shared secret admitting workers and sinks without CURVE: give the same one to every stage (prefer the environment variable: command lines are visible to other users).")
+
 curve_client_options = compose(
     click.option("--curve-secret", default=None, help="This stage's CURVE secret key file (tcp across hosts; see 'vidseg keys')."),
     click.option("--curve-server", default=None, help="The source's CURVE public key file."),
+    _insecure_key,
+    _token,
 )
 
 curve_server_options = compose(
     click.option("--curve-secret", default=None, help="Encrypt with CURVE using this server secret key file (see 'vidseg keys')."),
     click.option("--curve-clients", default=None, help="Admit only the workers/sinks whose public keys are in this folder."),
+    _insecure_key,
+    _token,
 )
 
 log_options = compose(
@@ -253,7 +265,7 @@ config_option = click.option(
 )
 
 __all__ = [
-    "BatchConfig", "CurveConfig", "FlowConfig", "ModelConfig", "OutputConfig", "SourceConfig", "TelemetryConfig", "batch_options",
+    "AccessConfig", "BatchConfig", "CurveConfig", "FlowConfig", "ModelConfig", "OutputConfig", "SourceConfig", "TelemetryConfig", "batch_options",
     "compose", "config_of", "config_option", "curve_client_options", "curve_server_options", "flow_options",
     "log_options", "model_options", "output_options", "preview_default", "setup_logging", "source_options",
     "telemetry_options",

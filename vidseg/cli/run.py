@@ -118,27 +118,31 @@ def _print_config(settings: dict) -> None:
 @click.option("--masks", "gt_masks", required=True, help="Ground truth: a folder of class-id PNGs, one per frame in frame order, or a masks.mkv written by --masks.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace an existing --json report.")
 @click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Ground-truth id to ignore.")
 @model_options
 @batch_options
 @flow_options
 @log_options
-def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore_index: int, verbose: int, quiet: bool, **kw) -> None:
+def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, overwrite: bool, ignore_index: int, verbose: int,
+          quiet: bool, **kw) -> None:
     """Run the full pipeline on a video and report mIoU against ground-truth masks."""
     import json
 
     from ..evaluate import evaluate_dirs, load_ground_truth
     from ..launch import MODEL_FILE, RunPlan, launch, run_dir
     from ..media.decode import open_source
-    from ..outputs import plan_outputs
+    from ..outputs import check_new_file, plan_outputs
     from ..runtimes import check, freeze_for_workers
 
     setup_logging("eval", verbose, quiet)
+    if json_out:
+        check_new_file(json_out, "--json", overwrite)  # the same policy as videos and masks, before any work
     src = resolve_source(source)
     mcfg = config_of(ModelConfig, kw)
     precision = check(mcfg, mcfg.device)
     reader = open_source(src)
-    expected, size = reader.expected, (reader.height, reader.width)
+    expected, size = reader.announced, (reader.height, reader.width)
     reader.close()
     with run_dir() as folder:
         mcfg, card = freeze_for_workers(mcfg, folder, MODEL_FILE)
@@ -159,5 +163,7 @@ def eval_(source: str, gt_masks: str, workers: int, json_out: str | None, ignore
     report.update(model=card.name, source=source, precision=runs["main"])
     click.echo(report.pop("table"))
     if json_out:
-        with open(json_out, "w") as fh:
+        tmp = f"{json_out}.partial"
+        with open(tmp, "w") as fh:
             json.dump(report, fh, indent=2)
+        os.replace(tmp, json_out)

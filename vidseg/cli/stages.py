@@ -7,6 +7,7 @@ import os
 import click
 
 from .options import (
+    AccessConfig,
     BatchConfig,
     CurveConfig,
     FlowConfig,
@@ -63,6 +64,7 @@ def resolve_source(source: str) -> str:
 def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Decode sources and dispatch their frames to workers."""
     from ..launch import remove_run_dir
+    from ..errors import Interrupted
     from ..stages.base import peak_rss_mib
     from ..stages.source import SourceStage
     from ..telemetry import Telemetry
@@ -71,14 +73,18 @@ def source(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     src = config_of(SourceConfig, kw, sources=tuple(resolve_source(s) for s in kw["sources"]))
     try:
         res = serve(SourceStage(src, endpoint=endpoint, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
-                                telemetry=Telemetry("source", config_of(TelemetryConfig, kw))))
+                                access=config_of(AccessConfig, kw), telemetry=Telemetry("source", config_of(TelemetryConfig, kw))))
     finally:
         remove_run_dir(endpoint)
     log = logging.getLogger("vidseg.source")
     for sid, n in res.frames.items():
         drops = f", {res.dropped[sid]} stale frame(s) dropped (live)" if res.modes[sid] == "live" else ""
         log.info("stream %d done: %d frames sent, %d lost to decoding%s", sid, n, res.lost[sid], drops)
-    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped; peak RSS %.0f MiB", res.redispatched, res.malformed, peak_rss_mib())
+    log.info("%d frame(s) re-dispatched, %d malformed message(s) dropped, %d peer(s) refused; peak RSS %.0f MiB",
+             res.redispatched, res.malformed, res.refused, peak_rss_mib())
+    if res.interrupted:
+        raise Interrupted(f"stopped reading after {sum(res.frames.values())} frame(s); those were finished",
+                          say_under_run=False)
 
 
 @click.command()
@@ -125,9 +131,9 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
         log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
     res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw), telemetry=tel,
-                            load_seconds=load_seconds))
-    log.info("done: %d frames; peak RSS %.0f MiB", res.frames, peak_rss_mib())
+                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw),
+                            access=config_of(AccessConfig, kw), telemetry=tel, load_seconds=load_seconds))
+    log.info("done: %d frames, %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.malformed, peak_rss_mib())
 
 
 @click.command()
@@ -140,7 +146,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
 @log_options
 def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     """Reorder, composite and encode the annotated stream."""
-    from ..errors import FramesLost
+    from ..errors import FramesLost, Interrupted
     from ..stages.base import peak_rss_mib
     from ..stages.sink import SinkStage
     from ..telemetry import Telemetry
@@ -149,7 +155,7 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     setup_logging("sink", verbose, quiet)
     out = config_of(OutputConfig, kw, preview=preview_default(kw))
     res = serve(SinkStage(endpoint=endpoint, out=out, flow=config_of(FlowConfig, kw), curve=config_of(CurveConfig, kw),
-                          telemetry=Telemetry("sink", config_of(TelemetryConfig, kw))))
+                          access=config_of(AccessConfig, kw), telemetry=Telemetry("sink", config_of(TelemetryConfig, kw))))
     log = logging.getLogger("vidseg.sink")
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
@@ -157,11 +163,18 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
         log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
     if res.json:
         log.info("per-frame metadata -> %s", res.json)
-    log.info("%d frames in %.2f s (%.1f frames/s); peak RSS %.0f MiB", res.frames, res.seconds, res.frames / max(res.seconds, 1e-9), peak_rss_mib())
+    log.info("%d frames in %.2f s (%.1f frames/s), %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.seconds,
+             res.frames / max(res.seconds, 1e-9), res.malformed, peak_rss_mib())
     if not quiet:
         click.echo(res.summary(), err=True)
     if res.random_init:
         log.warning("%s", RANDOM_WEIGHTS_NOTE)
+    if res.interrupted:
+        said = "; ".join(
+            f"{r.frames}{f' of ~{r.announced}' if r.announced else ''} frame(s) to {r.output or r.masks or 'the preview'}"
+            + (" (its audio trimmed to match)" if r.audio else "")
+            for r in res.streams.values())
+        raise Interrupted(f"wrote {said}")
     if res.lost:
         where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
         raise FramesLost(

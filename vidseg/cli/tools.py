@@ -115,7 +115,11 @@ def _require_onnx() -> None:
 @click.command()
 @click.argument("folder")
 def keys(folder: str) -> None:
-    """Create CURVE key pairs in FOLDER: server.key(_secret) for the source, client.key(_secret) for workers/sinks."""
+    """Create CURVE key pairs in FOLDER: server.key(_secret) for the source, client.key(_secret) for workers/sinks.
+
+    Secret keys are readable by their owner only (0600), from the moment they exist.
+    """
+    import os
     from pathlib import Path
 
     import zmq.auth
@@ -126,8 +130,13 @@ def keys(folder: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     if any(d.glob("*.key*")):
         raise InputError(f"{folder} already holds keys; choose an empty folder (keys are never overwritten)")
-    for name in ("server", "client"):
-        zmq.auth.create_certificates(str(d), name)
+    old = os.umask(0o077)  # created private: no moment in which another user could read a secret
+    try:
+        for name in ("server", "client"):
+            public, _ = zmq.auth.create_certificates(str(d), name)
+            os.chmod(public, 0o644)  # a public key is meant to be copied around
+    finally:
+        os.umask(old)
     click.echo(f"{d}/server.key_secret  -> vidseg source --curve-secret")
     click.echo(f"{d}/server.key         -> workers and sinks: --curve-server")
     click.echo(f"{d}/client.key_secret  -> workers and sinks: --curve-secret")

@@ -39,16 +39,23 @@ class FrameReader:
     live: bool = False
     audio_path: str | None = None
     decoded: int = 0
+    errors: int = 0  # frames the decoder rejected (damaged data), counted as it reports them
+    start: float = 0.0  # the first frame's time in the file, seconds: pts are relative to it (audio is aligned the same way)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:  # pragma: no cover - interface
         raise NotImplementedError
 
     @property
+    def announced(self) -> int | None:
+        """Frames expected, for progress display: the container's count or an estimate."""
+        return self.expected
+
+    @property
     def lost(self) -> int:
-        """Frames the container announced but that could not be decoded."""
+        """Frames that could not be decoded: those the decoder rejected, or the container announced and never delivered."""
         if self.expected is None:
-            return 0
-        return max(0, self.expected - self.decoded)
+            return self.errors
+        return max(self.errors, self.expected - self.decoded)
 
     def close(self) -> None:
         pass
@@ -92,9 +99,11 @@ class FileReader(FrameReader):
         rate = self._v.average_rate or self._v.guessed_rate or Fraction(25)
         self.fps = Fraction(rate).limit_denominator(1001000)
         self.expected = int(self._v.frames) or None
+        self._estimated = None
         if self.expected is None and self._v.duration and self._v.time_base:
-            # Containers without a frame count (mkv, ts): estimate from duration.
-            self.expected = int(round(float(self._v.duration * self._v.time_base) * float(self.fps)))
+            # Containers without a frame count (mkv, ts): an estimate from duration, for progress only —
+            # wrong for variable frame rates, so losses are then counted from the decoder's own errors.
+            self._estimated = int(round(float(self._v.duration * self._v.time_base) * float(self.fps)))
         self.audio_path = str(p.resolve()) if self._c.streams.audio else None
         self.path = str(p)
         self.decode_error: str | None = None
@@ -104,29 +113,45 @@ class FileReader(FrameReader):
         if self._first is None:
             self._c.close()
             raise InputError(f"{path} has no decodable video frame; the file is empty or damaged")
+        tb = self._v.time_base
+        self.start = float(self._first.pts * tb) if self._first.pts is not None and tb else 0.0
 
-    def _decode(self) -> Iterator[np.ndarray | None]:
+    @property
+    def announced(self) -> int | None:
+        """Frames the container claims, or its estimate from the duration (progress display only)."""
+        return self.expected if self.expected is not None else self._estimated
+
+    def _decode(self) -> Iterator:
+        """Decoded frames, packet by packet: a damaged packet costs its frame (counted), not the rest of the file."""
         import av
 
         try:
-            for frame in self._c.decode(self._v):
-                yield frame
+            for packet in self._c.demux(self._v):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as e:
+                    self.errors += 1
+                    if self.errors <= 3 or self.errors % 100 == 0:
+                        log.info("%s: a damaged frame was skipped (%s); %d so far", self.path, short_reason(e), self.errors)
+                    continue
+                yield from frames
         except (av.error.FFmpegError, EOFError) as e:
-            # A damaged tail: keep what decoded, report the rest as lost.
+            # A damaged tail the demuxer cannot read past: keep what decoded, report the rest as lost.
             self.decode_error = short_reason(e)
             log.info("decoding %s stopped early: %s", self.path, self.decode_error)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         tb = self._v.time_base
-        t0 = None
+        step = 1.0 / float(self.fps)
+        last = None
         first, self._first = self._first, None
         for frame in _chain(first, self._frames):
-            pts = float(frame.pts * tb) if frame.pts is not None and tb else self.decoded / float(self.fps)
-            if t0 is None:
-                t0 = pts
+            # The frame's own timestamp: variable frame rates and gaps after damaged frames keep their real timing.
+            pts = float(frame.pts * tb) if frame.pts is not None and tb else (last + step if last is not None else self.start)
+            last = pts
             img = frame.to_ndarray(format="bgr24")
             self.decoded += 1
-            yield img, pts - t0
+            yield img, pts - self.start
         if self.expected is not None and self.decoded > self.expected:
             self.expected = self.decoded
 

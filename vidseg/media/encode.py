@@ -1,9 +1,13 @@
 """Writing the video: browser-playable H.264 MP4 (yuv420p, moov first) with audio.
 
-PyAV's libx264 does the encoding (OpenCV wheels cannot write H.264). Audio is
-either copied packet by packet from the source (no re-encoding) or, for
-generated clips, a synthesized tone encoded as AAC. Files are written under a
-temporary name and renamed when complete.
+PyAV's libx264 does the encoding (OpenCV wheels cannot write H.264). Each
+frame keeps its own presentation time (variable frame rates, gaps after
+damaged frames, live streams timed by the clock), so the output lasts as long
+as the input and stays in sync with the audio. Audio is copied packet by
+packet from the source when browsers can play it in MP4 (AAC, MP3), else
+transcoded to AAC (AC3, PCM, ...); for generated clips a synthesized tone is
+encoded as AAC. Files are written under a temporary name and renamed when
+complete.
 """
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ from ..errors import InputError, short_reason
 log = logging.getLogger("vidseg.encode")
 
 TONE_RATE = 48000
+#: Video timestamps are kept on the 90 kHz MPEG clock: exact for every common frame rate.
+CLOCK = 90000
+#: Audio codecs every browser plays inside MP4: copied as they are; anything else is transcoded to AAC.
+BROWSER_AUDIO = ("aac", "mp3")
 
 
 def current_umask() -> int:
@@ -48,11 +56,15 @@ def bgr_to_yuv420p(av, frame: np.ndarray):
 class VideoWriter:
     """H.264 yuv420p MP4 (moov first), written under a temporary name next to ``path``.
 
-    ``close()`` finalises and renames to the target path; ``abort()`` removes
-    the partial file. Audio: packets from ``audio_from`` are copied without
-    re-encoding, or ``tone_hz`` synthesizes a mono AAC tone (generated clips);
-    either is interleaved with the video as it is written, so the muxer never
-    buffers the whole stream. ``exact_yuv`` rounds the colour conversion
+    ``write(frame, pts)`` places each frame at its own time (seconds from the
+    stream's start; by index at ``fps`` when not given). ``close()`` finalises
+    and renames to the target path; ``close(trim_audio=True)`` ends the audio
+    with the last frame (an interrupted run); ``abort()`` removes the partial
+    file. Audio: ``audio_from``'s track, aligned by ``audio_start`` (the
+    source's first video timestamp), copied when browsers play it in MP4, else
+    transcoded to AAC; or ``tone_hz`` synthesizes a mono AAC tone (generated
+    clips). It is interleaved with the video as it is written, so the muxer
+    never buffers the whole stream. ``exact_yuv`` rounds the colour conversion
     (generated clips whose pixels are compared); the default is swscale's.
     """
 
@@ -64,10 +76,12 @@ class VideoWriter:
         height: int,
         fps: Fraction,
         audio_from: str | None = None,
+        audio_start: float = 0.0,
         tone_hz: float | None = None,
         crf: int = 20,
         preset: str = "veryfast",
         exact_yuv: bool = False,
+        on_partial=None,
     ):
         import av
 
@@ -83,22 +97,41 @@ class VideoWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent or ".")
         os.close(fd)
         self._tmp = Path(tmp)
+        if on_partial is not None:
+            on_partial(self._tmp)  # recorded before a byte is written: whoever cleans up after a kill finds it
         self._c = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
         self._v = self._c.add_stream("libx264", rate=self.fps)
         self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
-        self._v.options = {"crf": str(crf), "preset": preset}
+        self._v.codec_context.time_base = Fraction(1, CLOCK)
+        # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
+        # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
+        # would stretch or cut it by the reorder delay (a few % larger files at the same quality).
+        self._v.options = {"crf": str(crf), "preset": preset, "bf": "0"}
         self.frames = 0
+        self.end = 0.0  # seconds of video written: the last frame's time plus one frame
+        self._step = round(CLOCK / self.fps)
+        self._last_step = self._step
+        self._last_pts: int | None = None
+        self._first_pts: int | None = None
+        self._first_dts = None
+        self._held = None  # the newest video packet: its duration is set at close so the track ends with its frame
         self._audio_in = None
         self._audio_iter = None
         self._audio_pending = None
+        self._audio_shift = 0.0
+        self._transcode = False
         self._tone = None
         if audio_from:
-            self._open_audio(audio_from)
+            self._open_audio(audio_from, audio_start)
         elif tone_hz:
             self._tone = (float(tone_hz), self._c.add_stream("aac", rate=TONE_RATE, layout="mono"))
             self._tone_sent = 0
 
-    def _open_audio(self, path: str) -> None:
+    @property
+    def has_audio(self) -> bool:
+        return self._audio_in is not None or self._tone is not None
+
+    def _open_audio(self, path: str, start: float) -> None:
         import av
 
         try:
@@ -110,17 +143,26 @@ class VideoWriter:
             src.close()
             return
         ia = src.streams.audio[0]
+        name = ia.codec_context.name
         try:
-            self._a = self._c.add_stream_from_template(ia)
-        except (ValueError, av.error.FFmpegError) as e:  # codec MP4 cannot hold
-            log.warning("audio not copied: %s in MP4 is not supported (%s)", ia.codec_context.name, short_reason(e))
+            if name in BROWSER_AUDIO:
+                self._a = self._c.add_stream_from_template(ia)
+            else:
+                self._a = self._c.add_stream("aac", rate=ia.codec_context.sample_rate or TONE_RATE,
+                                             layout=_aac_layout(ia.codec_context.layout))
+                self._a.bit_rate = 64000 * max(1, min(self._a.codec_context.layout.nb_channels, 8))
+                self._transcode = True
+                log.info("audio: transcoding %s to AAC (browsers cannot play %s in MP4)", name, name)
+        except (ValueError, av.error.FFmpegError) as e:
+            log.warning("audio not copied: %s in MP4 is not supported (%s)", name, short_reason(e))
             src.close()
             return
         self._audio_in, self._audio_tb = src, ia.time_base
-        self._audio_iter = src.demux(ia)
+        self._audio_shift = start  # the video starts at the source's first frame: the audio moves with it
+        self._audio_iter = src.decode(ia) if self._transcode else src.demux(ia)
 
     def _mux_audio_until(self, t: float | None) -> None:
-        """Copy (or synthesize) audio up to ``t`` seconds (all of it when None)."""
+        """Copy, transcode (or synthesize) audio up to ``t`` seconds of output (all of it when None)."""
         import av
 
         if self._tone is not None:
@@ -128,28 +170,41 @@ class VideoWriter:
             return
         if self._audio_iter is None:
             return
+        shift = round(self._audio_shift / self._audio_tb) if self._audio_tb else 0
         while True:
-            pkt = self._audio_pending
+            item = self._audio_pending
             self._audio_pending = None
-            if pkt is None:
+            if item is None:
                 try:
-                    pkt = next(self._audio_iter)
+                    item = next(self._audio_iter)
                 except (StopIteration, av.error.FFmpegError):
                     self._audio_iter = None
-                    return
-            if pkt.dts is None:
+                    break
+            if item.pts is None or (not self._transcode and item.dts is None):
                 continue
-            if t is not None and pkt.pts is not None and float(pkt.pts * self._audio_tb) > t:
-                self._audio_pending = pkt
+            if t is not None and float((item.pts - shift) * self._audio_tb) > t:
+                self._audio_pending = item
                 return
-            pkt.stream = self._a
-            self._c.mux(pkt)
+            if self._transcode:
+                if item.pts - shift < 0:
+                    continue  # before the first video frame
+                item.pts -= shift
+                for pkt in self._a.encode(item):
+                    self._c.mux(pkt)
+            else:
+                item.pts -= shift
+                item.dts -= shift
+                item.stream = self._a
+                self._c.mux(item)
+        if self._transcode:
+            for pkt in self._a.encode(None):
+                self._c.mux(pkt)
 
     def _encode_tone(self, t: float | None) -> None:
         import av
 
         hz, stream = self._tone
-        until = int(round((t if t is not None else self.frames / self.fps) * TONE_RATE))
+        until = int(round((t if t is not None else self.end) * TONE_RATE))
         while self._tone_sent < until:
             n = min(1024, until - self._tone_sent)
             ts = np.arange(self._tone_sent, self._tone_sent + n, dtype=np.float64) / TONE_RATE
@@ -163,26 +218,60 @@ class VideoWriter:
             for pkt in stream.encode(None):
                 self._c.mux(pkt)
 
-    def write(self, frame: np.ndarray) -> None:
-        """Encode one BGR frame; frames are timed by index at the source rate."""
+    def write(self, frame: np.ndarray, pts: float | None = None) -> None:
+        """Encode one BGR frame at ``pts`` seconds from the stream's start (by index at the source rate when None)."""
         import av
 
         if frame.shape[0] != self.height or frame.shape[1] != self.width:
             frame = frame[: self.height, : self.width]
         frame = np.ascontiguousarray(frame)
         vf = bgr_to_yuv420p(av, frame) if self.exact_yuv else av.VideoFrame.from_ndarray(frame, format="bgr24")
-        vf.pts = self.frames
-        for pkt in self._v.encode(vf):
-            self._c.mux(pkt)
+        ticks = self.frames * self._step if pts is None else round(pts * CLOCK)
+        if self._last_pts is not None and ticks <= self._last_pts:
+            ticks = self._last_pts + 1  # a repeated or backwards timestamp (damaged input): keep the order
+        if self._first_pts is None:
+            self._first_pts = ticks
+        vf.pts, vf.time_base = ticks, Fraction(1, CLOCK)
+        if self._last_pts is not None:
+            self._last_step = ticks - self._last_pts  # the last frame lasts as long as the one before it
+        self._last_pts = ticks
+        self._mux_video(self._v.encode(vf))
         self.frames += 1
-        self._mux_audio_until(self.frames / float(self.fps))
+        self.end = (ticks + self._last_step) / CLOCK
+        self._mux_audio_until(self.end)
 
-    def close(self) -> Path:
-        """Flush, finalise and rename; returns the final path."""
+    def _mux_video(self, packets) -> None:
+        for pkt in packets:
+            if self._first_dts is None:
+                self._first_dts = pkt.dts
+            if self._held is not None:
+                self._c.mux(self._held)
+            self._held = pkt
+
+    def _finish_video(self) -> None:
+        """Flush the encoder; the last packet lasts until its frame's end, so the track is as long as the frames."""
+        self._mux_video(self._v.encode(None))
+        pkt = self._held
+        if pkt is None:
+            return
+        self._held = None
+        if pkt.dts is not None and self._first_dts is not None and pkt.time_base:
+            to_tb = Fraction(1, CLOCK) / pkt.time_base
+            want = round((self._last_pts + self._last_step - self._first_pts) * to_tb)  # presented length
+            pkt.duration = max(1, want - (pkt.dts - self._first_dts))
+        self._c.mux(pkt)
+
+    def close(self, *, trim_audio: bool = False) -> Path:
+        """Flush, finalise and rename; returns the final path. ``trim_audio``: no audio past the last frame."""
         try:
-            for pkt in self._v.encode(None):
-                self._c.mux(pkt)
-            self._mux_audio_until(None)
+            self._finish_video()
+            self._mux_audio_until(self.end if trim_audio else None)
+            if trim_audio and self._transcode and self._audio_iter is not None:
+                for pkt in self._a.encode(None):
+                    self._c.mux(pkt)
+            if trim_audio and self._tone is not None:
+                for pkt in self._tone[1].encode(None):
+                    self._c.mux(pkt)
             self._c.close()
             if self._audio_in is not None:
                 self._audio_in.close()
@@ -202,6 +291,14 @@ class VideoWriter:
         if self._audio_in is not None:
             self._audio_in.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def _aac_layout(layout) -> str:
+    """A channel layout FFmpeg's AAC encoder takes: the source's when it can, else stereo (or mono)."""
+    name = getattr(layout, "name", "") or ""
+    if name in ("mono", "stereo", "3.0", "4.0", "5.0", "5.1", "7.1"):
+        return name
+    return "mono" if getattr(layout, "nb_channels", 2) == 1 else "stereo"
 
 
 def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: Fraction | float, tone_hz: float | None = None,

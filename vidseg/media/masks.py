@@ -57,31 +57,41 @@ class MaskVideoWriter:
 class MaskWriter:
     """Masks (PNGs and the mask video) in a temporary folder next to ``path``, renamed to ``path`` when done.
 
-    ``path`` was checked by :func:`vidseg.outputs.check_masks_dir` (new or empty).
+    ``path`` was checked by :func:`vidseg.outputs.check_masks_dir` (new, empty,
+    or an existing folder to replace under ``--overwrite``: swapped only once
+    the new one is complete). ``on_partial`` is told the temporary folder
+    before anything is written into it. A failed write raises ``OSError``
+    (its errno says why: a full disk is ENOSPC).
     """
 
-    def __init__(self, path: str | os.PathLike, *, fps: Fraction = Fraction(25)):
+    def __init__(self, path: str | os.PathLike, *, fps: Fraction = Fraction(25), on_partial=None):
         self.path = Path(path)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+        if on_partial is not None:
+            on_partial(self.tmp)
         self.video = MaskVideoWriter(self.tmp / MASK_VIDEO, fps=fps)
 
     def write(self, seq: int, mask: np.ndarray) -> None:
         import cv2
 
-        if not cv2.imwrite(str(self.tmp / f"{seq:06d}.png"), mask):
-            raise StageError(f"could not write a mask into {self.tmp}; check free disk space")
-        try:
-            self.video.write(mask)
-        except OSError as e:
-            raise StageError(f"could not write the mask video into {self.tmp} ({e}); check free disk space") from None
+        ok, png = cv2.imencode(".png", mask)
+        if not ok:
+            raise StageError(f"could not encode a {mask.shape} {mask.dtype} mask as PNG")
+        with open(self.tmp / f"{seq:06d}.png", "wb") as fh:  # Python I/O: a full disk is an OSError with its errno
+            fh.write(png.tobytes())
+        self.video.write(mask)  # a full disk surfaces as OSError here too
 
     def close(self, keep: bool) -> None:
         self.video.close()
         if keep:
-            if self.path.exists():
-                self.path.rmdir()  # checked empty at start
             os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp made it private
+            old = None
+            if self.path.exists():  # empty, or replaced under --overwrite: moved aside, removed once the new one is in place
+                old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
+                os.replace(self.path, old / "masks")
             os.replace(self.tmp, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -2,6 +2,8 @@
 
 It sleeps ``delay_ms`` per forward call (a stand-in for a fixed inference
 latency) and returns vertical stripes of classes, so overlays stay visible.
+``fail_after`` > 0 makes the forward call after that many raise (a worker
+whose inference fails, for tests).
 """
 from __future__ import annotations
 
@@ -13,15 +15,19 @@ from torch import Tensor, nn
 
 
 class NullModel(nn.Module):
-    def __init__(self, num_classes: int, delay_ms: float = 0.0, align_corners: bool = False) -> None:
+    def __init__(self, num_classes: int, delay_ms: float = 0.0, align_corners: bool = False, fail_after: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.delay = float(delay_ms) / 1000.0
+        self.fail_after, self.calls = int(fail_after), 0
         # A parameter so .to(device/dtype) and state_dict behave like any model.
         self.register_buffer("scale", torch.ones(1))
 
     def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.fail_after and self.calls > self.fail_after:
+            raise RuntimeError(f"the null model fails on purpose after {self.fail_after} forward calls (fail_after)")
         if self.delay:
             time.sleep(self.delay)
         b, _, h, w = x.shape
@@ -31,5 +37,6 @@ class NullModel(nn.Module):
         return out * self.scale.to(x.dtype)
 
 
-def null(*, backbone: str = "none", num_classes: int = 19, delay_ms: float = 0.0, align_corners: bool = False, width_mult: float = 1.0, **_: object) -> NullModel:
-    return NullModel(num_classes, delay_ms=delay_ms, align_corners=align_corners)
+def null(*, backbone: str = "none", num_classes: int = 19, delay_ms: float = 0.0, align_corners: bool = False, width_mult: float = 1.0,
+         fail_after: int = 0, **_: object) -> NullModel:
+    return NullModel(num_classes, delay_ms=delay_ms, align_corners=align_corners, fail_after=fail_after)

@@ -11,13 +11,38 @@ import zmq
 from ..config import FlowConfig
 from ..errors import TransportError, WireError
 from ..telemetry import Sample, Telemetry
-from ..transport import install_drain_handlers, recv
+from ..transport import close_socket, handshake_failure, install_drain_handlers, recv
 from ..wire import Message
 
 #: Messages handled per loop pass at most: a flood cannot starve heartbeats or dispatch.
 RECEIVE_BUDGET = 256
-#: Seconds between summary lines about rejected messages (0: one line per message).
-REJECT_LOG_INTERVAL = 0.0
+#: Seconds between summary lines about rejected messages: a flood costs one line per interval, not one per message.
+REJECT_LOG_INTERVAL = 5.0
+
+
+class RateLimitedLog:
+    """Counts events of one kind; logs the first at once, then at most one summary line per ``interval``.
+
+    The stage's final line reports ``total``, so nothing counted goes unsaid.
+    """
+
+    def __init__(self, log: logging.Logger, what: str, interval: float = REJECT_LOG_INTERVAL):
+        self.log, self.what, self.interval = log, what, interval
+        self.total = 0
+        self._unlogged = 0
+        self._last = -float("inf")
+
+    def note(self, detail: str) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            if self._unlogged == 1:
+                self.log.warning("%s (%s); %d so far", self.what, detail, self.total)
+            else:
+                self.log.warning("%s: %d in the last %.0f s (latest: %s); %d so far",
+                                 self.what, self._unlogged, now - self._last, detail, self.total)
+            self._last, self._unlogged = now, 0
 
 
 class Stage:
@@ -32,11 +57,9 @@ class Stage:
         self.log = logging.getLogger(f"vidseg.{self.role}")
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
-        self.malformed = 0
+        self.rejected = RateLimitedLog(self.log, "dropped a malformed message")
         self.draining = False
         self._last_hb = 0.0
-        self._last_reject_log = -REJECT_LOG_INTERVAL
-        self._unlogged = 0
         # /metrics and /readyz read this stage's state when asked (see ready() and samples()).
         self.telemetry = telemetry or Telemetry(self.role)
         self.telemetry.attach(self)
@@ -62,15 +85,14 @@ class Stage:
         """Block up to ``timeout_s`` for a message; True when one is waiting."""
         return bool(self.poller.poll(max(0, int(timeout_s * 1000))))
 
+    @property
+    def malformed(self) -> int:
+        """Messages rejected so far."""
+        return self.rejected.total
+
     def reject(self, e: Exception) -> None:
         """Count a malformed message; log the first, then one summary line per interval."""
-        self.malformed += 1
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._last_reject_log >= REJECT_LOG_INTERVAL:
-            more = f" (+{self._unlogged - 1} more since the last report)" if self._unlogged > 1 else ""
-            self.log.warning("dropped a malformed message (%s: %s)%s; %d so far", type(e).__name__, e, more, self.malformed)
-            self._last_reject_log, self._unlogged = now, 0
+        self.rejected.note(f"{type(e).__name__}: {e}")
 
     # -- liveness -------------------------------------------------------------
     def heartbeat_due(self, now: float) -> bool:
@@ -79,6 +101,12 @@ class Stage:
             self._last_hb = now
             return True
         return False
+
+    def check_handshake(self) -> None:
+        """Raise TransportError, with the fix, when the source refused this stage's connection (CURVE)."""
+        why = handshake_failure(self.sock)
+        if why:
+            raise TransportError(why)
 
     @staticmethod
     def check_peer(last_seen: float, now: float, limit: float, what: str) -> None:
@@ -114,7 +142,7 @@ class Stage:
         install_drain_handlers(self.log, self.role, self.drain)
 
     def close(self) -> None:
-        self.sock.close()
+        close_socket(self.sock)
         self.telemetry.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -18,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..composite import Compositor, make_palette, shown_classes
-from ..config import CurveConfig, FlowConfig, OutputConfig
-from ..errors import InputError, StageError, TransportError
+from ..config import AccessConfig, CurveConfig, FlowConfig, OutputConfig
+from ..errors import InputError, StageError, TransportError, VidsegError, WireError
 from ..media.encode import VideoWriter
 from ..media.masks import MaskWriter
 from ..metadata import MetadataWriter
-from ..outputs import OutputPlan, plan_outputs
+from ..outputs import OutputPlan, output_error, plan_outputs, record_partial
 from ..preview import PreviewServer
 from ..progress import Bars, StreamSummary, progress_default, summary_table
 from ..reorder import ReorderBuffer
@@ -51,6 +52,9 @@ class StreamResult:
     per_worker: dict[str, int] = field(default_factory=dict)
     name: str = ""
     live: bool = False
+    interrupted: bool = False  # the source was stopped by a signal: the output holds the frames read until then
+    announced: int | None = None  # frames the source expected (a container's count or estimate)
+    audio: bool = False  # the video carries the source's audio
 
 
 @dataclass
@@ -74,6 +78,10 @@ class SinkResult:
     def lost(self) -> int:
         return sum(s.lost for s in self.streams.values())
 
+    @property
+    def interrupted(self) -> bool:
+        return any(s.interrupted for s in self.streams.values())
+
 
 class SinkStage(Stage):
     """Connect to the source at ``endpoint`` and write the annotated stream."""
@@ -81,7 +89,8 @@ class SinkStage(Stage):
     role = "sink"
 
     def __init__(self, *, endpoint: str, out: OutputConfig = OutputConfig(), flow: FlowConfig = FlowConfig(),
-                 curve: CurveConfig = CurveConfig(), telemetry: Telemetry | None = None):
+                 curve: CurveConfig = CurveConfig(), access: AccessConfig = AccessConfig(),
+                 telemetry: Telemetry | None = None):
         self.plan = plan_outputs(out)
         # The page is up before any work (a busy port fails now); it says "connecting" until a stream starts.
         self.preview = PreviewServer(out.serve) if out.serve else None
@@ -93,6 +102,7 @@ class SinkStage(Stage):
             raise
         self.out = out
         self.endpoint = endpoint
+        self.token = access.token
         self.streams: dict[int, _Out] = {}
         self.workers_seen: dict[str, float] = {}  # worker -> when its last mask was written (monotonic)
         self.meta: MetadataWriter | None = None
@@ -114,6 +124,8 @@ class SinkStage(Stage):
             self._connected, self._last_seen = True, now  # a source answered (/readyz)
             if msg.kind == "info":
                 infos.append(msg)
+            else:
+                self._refused(msg)
 
         while not infos:
             now = time.monotonic()
@@ -122,12 +134,21 @@ class SinkStage(Stage):
                     f"no source answered at {self.endpoint} within {self.flow.connect_timeout:.0f} s; "
                     "start the source or check --connect"
                 )
+            if self.draining:
+                raise KeyboardInterrupt
+            self.check_handshake()
             if now - last_hello > 2.0:  # the source may bind after we connect; say hello again
-                send_msg(self.sock, "hello", role="sink")
+                send_msg(self.sock, "hello", role="sink", pid=os.getpid(), **({"token": self.token} if self.token else {}))
                 last_hello = now
             if self.wait(0.5):
+                # One at a time: what follows the info (frames, masks) belongs to the main loop.
                 self.receive(heard, budget=1)
         return infos[0]
+
+    @staticmethod
+    def _refused(msg) -> None:
+        if msg.kind == "stop" and msg.header.get("reason"):  # the source refused this sink: say why
+            raise TransportError(msg["reason"])
 
     def _open_stream(self, streams: dict, info) -> None:
         sid = int(info["stream"])
@@ -150,6 +171,7 @@ class SinkStage(Stage):
         def handle(_ident, msg, now: float) -> None:
             self._last_seen = now
             if msg.kind in ("hb", "stop"):
+                self._refused(msg)
                 return
             if msg.kind == "info":
                 self._open_stream(streams, msg)
@@ -178,6 +200,13 @@ class SinkStage(Stage):
                     for o in streams.values():
                         self.log.info("stream %d: %s", o.sid, o.progress(now - t_start))
                 self.check_peer(self._last_seen, now, flow.peer_timeout, "the source")
+        except VidsegError as e:
+            if not isinstance(e, TransportError):  # this sink failed (a full disk...): the source stops without blaming it
+                try:
+                    send_msg(self.sock, "error", reason=str(e))
+                except Exception:  # noqa: BLE001 - our own line still says why
+                    pass
+            raise
         finally:
             # Finalising must not be cut short by a second signal: that would lose the whole output.
             ignore_signals()
@@ -195,6 +224,9 @@ class SinkStage(Stage):
         errors = [r.error for r in results.values() if r.error]
         if errors:
             raise StageError(f"the source failed: {errors[0]}; finished frames were kept")
+        failed = [o for o in streams.values() if o.failed]
+        if failed:
+            raise StageError(f"stream {failed[0].sid}: finalising its output failed (see above); the partial output was removed")
         return SinkResult(results, self.malformed, time.monotonic() - t_start,
                           random_init=any(o.random_init for o in streams.values()), json=self.json_path)
 
@@ -256,18 +288,26 @@ class _Out:
         self.compose = Compositor(palette, out.alpha, style=out.overlay, shown=shown, class_names=self.class_names,
                                   legend=out.legend)
         self.fps = Fraction(*info["fps"])
+        self.size = (info["height"], info["width"])
         self.announced = info.header.get("frames")
         self.window = window
         self.sink = sink
-        path = plan.video_for(self.sid, source, n_streams)
-        mpath = plan.masks_for(self.sid, source, n_streams)
+        self.path = plan.video_for(self.sid, source, n_streams)
+        self.mpath = plan.masks_for(self.sid, source, n_streams)
         width, height = self.compose.output_size(int(info["width"]), int(info["height"]))
-        self.writer = (
-            VideoWriter(path, width=width, height=height, fps=self.fps,
-                        audio_from=info.header.get("audio"), crf=out.crf, preset=out.preset)
-            if path else None
-        )
-        self.masks = MaskWriter(mpath, fps=self.fps) if mpath else None
+        self.writer = self.masks = None
+        try:
+            self.writer = (
+                VideoWriter(self.path, width=width, height=height, fps=self.fps,
+                            audio_from=info.header.get("audio"), audio_start=info.header.get("start", 0.0),
+                            crf=out.crf, preset=out.preset, on_partial=record_partial)
+                if self.path else None
+            )
+            self.masks = MaskWriter(self.mpath, fps=self.fps, on_partial=record_partial) if self.mpath else None
+        except OSError as e:
+            if self.writer is not None:
+                self.writer.abort()
+            raise output_error(self.path if self.writer is None else self.mpath, e) from None
         self.received = self.masks_in = self.redispatched = 0
         self.per_worker: collections.Counter[str] = collections.Counter()
         self._worker: dict[int, str] = {}
@@ -279,11 +319,14 @@ class _Out:
         self.expected: int | None = None
         self.lost = self.dropped = 0
         self.error: str | None = None
+        self.interrupted = False
+        self.failed = False  # a write failed (a full disk): the partial outputs are removed, not kept
         self.latencies = np.zeros(8192)  # a ring of the most recent: memory stays flat in long runs
         self.n_latencies = 0
         self._t_read: dict[int, float] = {}
         self.output: str | None = None
         self.masks_dir: str | None = None
+        self.audio = False
 
     @property
     def done(self) -> bool:
@@ -291,11 +334,15 @@ class _Out:
 
     def handle(self, msg) -> None:
         if msg.kind == "frame":
+            if msg.array.shape != (*self.size, 3) or msg.array.dtype != np.uint8:
+                raise WireError(f"a frame of {msg.array.shape} {msg.array.dtype} in a stream of {self.size[1]}x{self.size[0]} BGR frames")
             self.buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
             self.received += 1
             if "dropped" in msg.header:  # live: the source's drops so far
                 self.dropped = max(self.dropped, int(msg.header["dropped"]))
         elif msg.kind == "mask":
+            if msg.array.shape != self.size or msg.array.dtype != np.uint8:
+                raise WireError(f"a mask of {msg.array.shape} {msg.array.dtype} in a stream of {self.size[1]}x{self.size[0]} frames")
             t_read = msg.header.get("t_read")
             self.buf.add_mask(int(msg["seq"]), msg.array)
             self.masks_in += 1
@@ -311,18 +358,14 @@ class _Out:
             self.lost = int(msg.header.get("lost", 0))
             self.dropped = int(msg.header.get("dropped", 0))
             self.redispatched = int(msg.header.get("redispatched", 0))
+            self.interrupted = bool(msg.header.get("interrupted", False))
             self.sink.bars.set_total(self.sid, self.expected)
         for seq, frame, pts, mask in self.buf.pop_ready():
-            if mask.shape != frame.shape[:2]:
-                raise StageError(f"a worker returned a {mask.shape} mask for a {frame.shape[:2]} frame")
             t0 = time.perf_counter()
             annotated = self.compose(frame, mask)
-            if self.writer is not None:
-                self.writer.write(annotated)
+            self._write(seq, annotated, pts, mask)
             if self.window is not None:
                 self.window.show(annotated)
-            if self.masks is not None:
-                self.masks.write(seq, mask)
             self._write_time.observe(time.perf_counter() - t0)
             t_read = self._t_read.pop(seq, None)
             latency = None
@@ -375,28 +418,47 @@ class _Out:
         total = f"/{self.expected}" if self.expected is not None else (f"/~{self.announced}" if self.announced else "")
         return f"written {self.buf.next}{total} frames, {self.buf.next / max(seconds, 1e-9):.1f} frames/s"
 
+    def _write(self, seq: int, annotated: np.ndarray, pts: float, mask: np.ndarray) -> None:
+        path = self.path
+        try:
+            if self.writer is not None:
+                self.writer.write(annotated, pts)
+            path = self.mpath
+            if self.masks is not None:
+                self.masks.write(seq, mask)
+        except OSError as e:  # PyAV's errors are OSErrors too: a full disk is ENOSPC
+            self.failed = True
+            raise output_error(path, e) from None
+
     def finish(self) -> None:
-        """Finalise outputs: complete ones renamed; after a failure, what was written is kept valid."""
-        ok = self.done and self.error is None
-        keep = ok or self.buf.next > 0
+        """Finalise outputs: complete ones renamed; after a failure, what was written is kept valid
+        (with the audio trimmed to it), unless writing itself failed: then the partial files are removed."""
+        ok = self.done and self.error is None and not self.interrupted
+        keep = not self.failed and (ok or self.buf.next > 0)
         if self.writer is not None:
+            writer, self.writer = self.writer, None
+            self.audio = writer.has_audio
             if keep:
-                self.output = str(self.writer.close())
-                if not ok:
+                try:
+                    self.output = str(writer.close(trim_audio=not ok))
+                except OSError as e:  # finalising needs space too (the index moves to the front)
+                    self.failed, keep = True, False
+                    log.error("stream %d: %s", self.sid, output_error(writer.path, e))
+                if self.output and not ok:
                     log.warning("stream %d: kept the %d frame(s) written so far in %s", self.sid, self.buf.next, self.output)
             else:
-                self.writer.abort()
-            self.writer = None
+                writer.abort()
         if self.masks is not None:
-            self.masks.close(keep=keep)
-            self.masks_dir = str(self.masks.path) if keep else None
-            self.masks = None
+            masks, self.masks = self.masks, None
+            masks.close(keep=keep)
+            self.masks_dir = str(masks.path) if keep else None
 
     def result(self) -> StreamResult:
         p50, p99 = self._latency_percentiles()
         return StreamResult(
             self.buf.next, self.expected or 0, self.lost, self.dropped, self.output, self.masks_dir, self.error, p50, p99,
             self.redispatched, self.t_last - self.t_start, dict(self.per_worker), self.name, self.live,
+            self.interrupted, self.announced, self.audio,
         )
 
 

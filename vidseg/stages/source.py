@@ -9,9 +9,20 @@ it, so a worker joins with one address. Flow control is designed in:
 * the sink acknowledges frames written per stream; the source keeps at most
   ``window`` frames of a stream between dispatch and written, so the sink's
   reorder buffer and every queue stay bounded whatever the video's length;
-* frames in flight are kept (≤ window per stream) and re-dispatched when their
-  worker misses heartbeats for ``worker_timeout``;
+* frames in flight are kept (≤ window per stream, and ≤ ``window_mb`` of
+  frame and mask bytes) and re-dispatched when their worker misses
+  heartbeats for ``worker_timeout``, fails, or holds one past its deadline;
 * end of stream is an explicit ``eos`` carrying the frame count.
+
+The source owns the truth about every frame, and every peer is untrusted:
+a peer joins only with the run's token or an admitted CURVE key; a mask is
+accepted only from the worker holding that frame, with the frame's size,
+uint8, and class ids below the worker's class count (its validated card);
+credits are capped; each dispatched frame has a deadline derived from its
+worker's measured speed (never under ``worker_timeout``; ``frame_timeout``
+before its first mask), so heartbeats alone never keep frames hostage. A
+worker that misses deadlines is marked slow (one frame at a time), then
+dropped; a worker that fails is that worker's problem, not the pipeline's.
 
 Several sources may share one source stage (and so the workers): each gets a
 stream id and its own window; dispatch takes the streams in turn.
@@ -19,6 +30,7 @@ stream id and its own window; dispatch takes the streams in turn.
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
 import os
 import threading
@@ -28,25 +40,68 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from ..config import CurveConfig, FlowConfig, SourceConfig
-from ..errors import StageError, TransportError
+from ..config import AccessConfig, CurveConfig, FlowConfig, SourceConfig
+from ..errors import StageError, TransportError, WireError
 from ..media.decode import FrameReader, open_source
 from ..telemetry import Telemetry
 from ..transport import PeerGone, router, send, send_msg
-from ..wire import pack
-from .base import Stage
+from ..wire import MAX_CREDITS, pack
+from .base import RateLimitedLog, Stage
 
 log = logging.getLogger("vidseg.source")
+
+#: A frame's deadline at a worker is this many times the worker's measured seconds per frame (never under --worker-timeout).
+DEADLINE_FACTOR = 4.0
+#: Deadlines (or bad masks) in a row after which a worker is dropped; after the first it is marked slow.
+SLOW_STRIKES = 2
+#: Masks in a row on time after which a worker marked slow gets its credits back.
+SLOW_RECOVERY = 16
+#: Peer identities remembered for rate limits and bans: bounded, so inventing identities costs a peer nothing here.
+MAX_REMEMBERED = 4096
+
+Key = tuple[int, int]  # (stream, seq)
 
 
 @dataclass
 class _Worker:
     ident: bytes
-    credits: int
+    capacity: int  # frames it may hold (its credits, capped; 1 once marked slow)
     last_seen: float
-    inflight: set[tuple[int, int]] = field(default_factory=set)
-    card: dict | None = None
+    classes: int  # its model's class count: every mask id must be below it
+    card: dict
+    inflight: dict[Key, float] = field(default_factory=dict)  # frame -> when it was sent
+    late: dict[Key, float] = field(default_factory=dict)  # taken away at its deadline -> when silence is a second miss
+    per_frame: float | None = None  # measured seconds per frame (moving average); None before its first mask
+    last_return: float = 0.0
+    strikes: int = 0
+    announced: int = 0  # the capacity it asked for (capped): given back after SLOW_RECOVERY masks on time
+    on_time: int = 0  # masks accepted since its last strike
     leaving: bool = False  # draining: no new frames; forgotten once its frames are back
+
+    @property
+    def credits(self) -> int:
+        """Frames it may be sent now: a frame taken away at its deadline still counts until the worker answers it."""
+        return self.capacity - len(self.inflight) - len(self.late)
+
+    def allowance(self, flow: FlowConfig) -> float:
+        """Seconds it may take for one frame: ``frame_timeout`` before its first mask, then from its measured speed."""
+        if self.per_frame is None:
+            return flow.frame_timeout
+        return max(flow.worker_timeout, DEADLINE_FACTOR * self.per_frame)
+
+
+class SinkGone(TransportError):
+    """The sink's socket is gone; under ``vidseg run`` the supervisor says why (it saw the sink end)."""
+
+    say_under_run = False
+
+
+class PeerFailed(StageError):
+    """The sink reported its own failure (and said so itself): the source stops without a second error line."""
+
+    def __init__(self, reason: str):
+        super().__init__("")
+        self.reason = reason
 
 
 class _LiveGrabber:
@@ -66,11 +121,11 @@ class _LiveGrabber:
     def _run(self) -> None:
         t0 = time.monotonic()
         try:
-            for i, (frame, pts) in enumerate(self.reader):
+            for frame, pts in self.reader:
                 if self.stop:
                     break
-                if self.pace:  # a file played as if live: real-time pacing
-                    delay = t0 + i / float(self.reader.fps) - time.monotonic()
+                if self.pace:  # a file played as if live: real-time pacing, by its own timestamps
+                    delay = t0 + pts - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
                 with self._lock:
@@ -82,10 +137,26 @@ class _LiveGrabber:
         finally:
             self.done = True
 
+    def started(self) -> None:
+        """Count drops from now on."""
+        with self._lock:
+            self.dropped = 0
+
     def take(self) -> tuple[np.ndarray, float, float] | None:
         with self._lock:
             item, self._latest = self._latest, None
         return item
+
+    def close(self, timeout: float = 15.0) -> bool:
+        """Stop and join the reading thread; True when it has ended and the reader may be closed.
+
+        The reader is never closed under a thread still inside it: FFmpeg frees
+        the demuxer on close, and a read in flight would then touch freed memory
+        (the signal 11 seen once at the drain of a long live run).
+        """
+        self.stop = True
+        self._t.join(timeout)
+        return not self._t.is_alive()
 
 
 @dataclass
@@ -103,6 +174,7 @@ class _Stream:
     eof: bool = False
     eos_sent: bool = False
     redispatched: int = 0
+    window: int = 1  # frames between dispatch and written: --window, shortened by --window-mb for large frames
     inflight: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
 
     @property
@@ -140,6 +212,8 @@ class SourceResult:
     dropped: dict[int, int]
     redispatched: int
     malformed: int
+    refused: int = 0
+    interrupted: bool = False
     modes: dict[int, str] = field(default_factory=dict)
 
 
@@ -149,38 +223,56 @@ class SourceStage(Stage):
     role = "source"
 
     def __init__(self, src: SourceConfig, *, endpoint: str, flow: FlowConfig = FlowConfig(), curve: CurveConfig = CurveConfig(),
-                 telemetry: Telemetry | None = None):
+                 access: AccessConfig = AccessConfig(), telemetry: Telemetry | None = None):
         self.streams: list[_Stream] = []
-        self._auth = None
+        self._curve = None
         try:
             for i, uri in enumerate(src.sources):
                 reader = open_source(uri, fps=src.fps)  # bad input fails before any socket exists
-                self.streams.append(_Stream(i, uri, reader, src.mode or ("live" if reader.live else "lossless")))
-            sock, self.endpoint, self._auth = router(endpoint, linger=2000, curve=curve)
+                st = _Stream(i, uri, reader, src.mode or ("live" if reader.live else "lossless"))
+                st.window = _window_for(reader, flow)
+                self.streams.append(st)
+            # A peer's largest part is one mask of the largest stream (or a header): anything larger is cut off unread.
+            biggest_mask = max(st.reader.width * st.reader.height for st in self.streams)
+            # An honest peer never has more waiting than its masks or acks in flight (≤ the windows) and a few
+            # control messages; a peer that sends more waits (libzmq stops reading it), the source's memory does not grow.
+            sock, self.endpoint, self._curve = router(endpoint, linger=2000, curve=curve, max_part=biggest_mask,
+                                                      max_queued=sum(st.window for st in self.streams) + 16)
         except BaseException:
             self._close_streams()
             raise
         super().__init__(sock, flow, routed=True, telemetry=telemetry)
+        self.token = access.token
+        if self.endpoint.startswith("tcp://") and not curve.curve_secret and not self.token:
+            log.warning("anyone who can reach %s can join this pipeline as a worker or the sink; admit peers with "
+                        "--token (the same on every stage) or CURVE keys (--curve-secret, --curve-clients)", self.endpoint)
         self.workers: dict[bytes, _Worker] = {}
         self.worker_frames: collections.Counter[str] = collections.Counter()  # masks returned, per worker
         self._mask_latency = self.telemetry.histogram("vidseg_source_mask_latency_seconds")
         self.sink: bytes | None = None
         self.sink_seen = 0.0
+        self._sink_gone = False
         self.redispatched = 0
-        self._redo: collections.deque[tuple[int, int]] = collections.deque()
-        self._asked: dict[bytes, float] = {}  # unknown peer -> when it was last asked to say hello
+        self.card: dict | None = None  # the model card every worker must share (the first admitted worker's)
+        self.refused = RateLimitedLog(log, "refused a peer")
+        self.late_errors = RateLimitedLog(log, "a worker no longer in the pipeline reported a failure")
+        self._redo: collections.deque[Key] = collections.deque()
+        self._banned: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # dropped workers
+        self._nudged: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # last reply to a stranger
+        self._credit_cap = min(MAX_CREDITS, flow.window * len(self.streams))
 
     def _close_streams(self) -> None:
         for s in self.streams:
-            if s.grabber:
-                s.grabber.stop = True
+            if s.grabber is not None and not s.grabber.close():
+                log.warning("stream %d: its reader is still busy after 15 s; leaving it open", s.id)
+                continue
             s.reader.close()
 
     def close(self) -> None:
         self._close_streams()
         super().close()
-        if self._auth is not None:
-            self._auth.stop()
+        if self._curve is not None:
+            self._curve.close()
 
     def drain(self) -> None:
         """Stop reading new frames; finish those in flight and close every output validly."""
@@ -190,77 +282,51 @@ class SourceStage(Stage):
             if s.grabber:
                 s.grabber.stop = True
 
-    # -- messages ---------------------------------------------------------
+    # -- admission ----------------------------------------------------------
     def _handle_hello(self, ident: bytes, msg, now: float) -> None:
         if msg.kind == "hello":
             self._handle(ident, msg, now)
 
-    def _handle(self, ident: bytes, msg, now: float) -> None:
-        kind = msg.kind
-        if kind == "hello":
-            role = msg.header.get("role")
-            if role == "sink":
-                if self.sink not in (None, ident):
-                    log.warning("a second sink connected; ignoring it")
-                    return
-                if self.sink is None:  # the sink repeats its hello until the stream starts: say it once
-                    log.info("sink connected")
-                self.sink, self.sink_seen = ident, now
-                self._answer(ident)
-            elif role == "worker":
-                credits = max(1, int(msg.header.get("credits", self.flow.credits)))
-                old = self.workers.get(ident)
-                if old is not None:  # a restarted worker: what it held is lost
-                    self._requeue(old)
-                self.workers[ident] = _Worker(ident, credits, now, card=msg.header.get("card"))
-                self._answer(ident)
-                log.info("worker %s connected (pid %s, %d credits)", ident.hex(), msg.header.get("pid"), credits)
+    def _hello(self, ident: bytes, msg, now: float) -> None:
+        h = msg.header
+        role = h["role"]
+        if self.token and not hmac.compare_digest(str(h.get("token", "")).encode(), self.token.encode()):
+            self._refuse(ident, role, "it did not give this pipeline's --token", now)
             return
-        if ident == self.sink:
-            self.sink_seen = now
-            if kind == "ack":
-                st = self._stream(msg["stream"])
-                if st is not None:
-                    st.written = max(st.written, int(msg["written"]))
+        if role == "sink":
+            if self.sink not in (None, ident):
+                self._refuse(ident, role, "another sink is already connected", now)
+                return
+            if self.sink is None:  # the sink repeats its hello until the stream starts: say it once
+                log.info("sink connected from pid %s", h.get("pid", "?"))
+            self.sink, self.sink_seen = ident, now
+            self._answer(ident)
             return
-        w = self.workers.get(ident)
-        if w is None:
-            # A worker that was written off (or never said hello): ask it to introduce itself, once
-            # per heartbeat: after a network cut heals, its queued heartbeats arrive in a burst, and
-            # each hello they provoked would throw away the frames it had just been given.
-            if now - self._asked.get(ident, -1e9) >= self.flow.heartbeat:
-                if len(self._asked) > 1024:  # bounded whatever peers send
-                    self._asked.clear()
-                self._asked[ident] = now
-                try:
-                    send_msg(self.sock, "hb", identity=ident, rehello=True)
-                except TransportError:
-                    pass
+        if ident in self._banned:
             return
-        w.last_seen = now
-        if kind == "stop":
-            if not w.leaving:
-                log.info("worker %s is draining: no new frames for it, %d still in flight", ident.hex(), len(w.inflight))
-            w.leaving = True
-        elif kind == "mask":
-            key = (int(msg["stream"]), int(msg["seq"]))
-            if key in w.inflight:
-                w.inflight.discard(key)
-                w.credits += 1
-            st = self._stream(key[0])
-            if st is not None and key[1] in st.inflight:
-                _, _, t_read = st.inflight.pop(key[1])
-                self.worker_frames[ident.hex()] += 1
-                self._mask_latency.observe(time.time() - t_read)
-                # Relay the mask with the same buffer, no copy.
-                self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=ident.hex(), t_read=t_read))
-        if w.leaving and not w.inflight:
-            log.info("worker %s left (drained)", ident.hex())
-            del self.workers[ident]
-            try:
-                send_msg(self.sock, "stop", identity=ident)
-            except TransportError:
-                pass
+        card = h.get("card")
+        if card is None:
+            self._refuse(ident, role, "its hello carries no model card", now)
+            return
+        if self.card is not None and (card["class_names"], card["palette"]) != (self.card["class_names"], self.card["palette"]):
+            differs = "class names" if card["class_names"] != self.card["class_names"] else "palette"
+            self._refuse(ident, role, f"it runs another model ({card.get('name', '?')}, {len(card['class_names'])} classes) "
+                                      f"than the pipeline ({self.card.get('name', '?')}, {len(self.card['class_names'])} classes): "
+                                      f"its {differs} differ", now)
+            return
+        if self.card is None:
+            self.card = card
+        credits = min(int(h.get("credits", self.flow.credits)), self._credit_cap)
+        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits)
+        old = self.workers.get(ident)
+        if old is not None:  # said hello again (restarted, or told to): what it held is lost, its record is kept,
+            self._requeue(old)  # so a hello never wipes a slow mark, a strike or a frame still owed
+            w.late, w.per_frame, w.last_return, w.strikes = old.late, old.per_frame, old.last_return, old.strikes
+            w.capacity, w.on_time = min(w.capacity, old.capacity), old.on_time
+        self.workers[ident] = w
+        self._answer(ident)
+        capped = f" (capped from {h['credits']})" if h.get("credits", 0) > credits else ""
+        log.info("worker %s connected (pid %s, %d credits%s)", ident.hex(), h.get("pid", "?"), credits, capped)
 
     def _answer(self, ident: bytes) -> None:
         """A heartbeat in reply to a hello: the peer knows a source is there (its /readyz) before any work."""
@@ -268,6 +334,105 @@ class SourceStage(Stage):
             send_msg(self.sock, "hb", identity=ident)
         except TransportError:
             pass  # gone again: its timeouts will tell
+
+    def _refuse(self, ident: bytes, role: str, why: str, now: float) -> None:
+        """Count and log (rate-limited) a refused peer, and tell it why, at most once per heartbeat."""
+        self.refused.note(f"a {role} ({ident.hex()[:10]}): {why}")
+        if self._may_answer(ident, now):
+            try:
+                send_msg(self.sock, "stop", identity=ident, reason=f"the source refused this {role}: {why}")
+            except TransportError:
+                pass
+
+    def _may_answer(self, ident: bytes, now: float) -> bool:
+        """At most one reply per heartbeat to a peer that is not (or no longer) part of the pipeline."""
+        last = self._nudged.get(ident)
+        if last is not None and now - last < self.flow.heartbeat:
+            return False
+        self._nudged[ident] = now
+        self._nudged.move_to_end(ident)
+        while len(self._nudged) > MAX_REMEMBERED:
+            self._nudged.popitem(last=False)
+        return True
+
+    # -- messages ---------------------------------------------------------
+    def _handle(self, ident: bytes, msg, now: float) -> None:
+        kind = msg.kind
+        if kind == "hello":
+            self._hello(ident, msg, now)
+            return
+        if ident == self.sink:
+            self.sink_seen = now
+            if kind == "ack":
+                st = self._stream(msg["stream"])
+                if st is not None:  # never beyond what was sent: a lying ack must not open the window
+                    st.written = max(st.written, min(msg["written"], st.n))
+            elif kind == "error":
+                log.warning("the sink failed: %s", msg["reason"])
+                raise PeerFailed(msg["reason"])
+            return
+        w = self.workers.get(ident)
+        if w is None:
+            if kind == "error":  # e.g. its failure report arrived after its socket was already gone
+                self.late_errors.note(f"worker {ident.hex()} failed ({msg['reason']})")
+                return
+            # A worker that was written off (or never said hello): ask it to introduce itself.
+            if ident not in self._banned and self._may_answer(ident, now):
+                try:
+                    send_msg(self.sock, "hb", identity=ident, rehello=True)
+                except TransportError:
+                    pass
+            return
+        w.last_seen = now
+        if kind == "stop":  # the worker is draining (scaled down): nothing new for it
+            if not w.leaving:
+                log.info("worker %s is draining: no new frames for it, %d still in flight", ident.hex(), len(w.inflight))
+            w.leaving = True
+        elif kind == "mask":
+            self._mask(w, msg, now)
+        elif kind == "error":
+            self._drop_worker(w, f"failed ({msg['reason']})", tell=False)
+            return
+        if w.leaving and not w.inflight and not w.late:
+            log.info("worker %s left (drained)", ident.hex())
+            del self.workers[ident]
+            try:
+                send_msg(self.sock, "stop", identity=ident)
+            except TransportError:
+                pass
+
+    def _mask(self, w: _Worker, msg, now: float) -> None:
+        key = (msg["stream"], msg["seq"])
+        if key in w.late:  # answered after its deadline: the frame went elsewhere; only the credit comes back
+            del w.late[key]
+            return
+        held = w.inflight.pop(key, None)
+        if held is None:
+            raise WireError(f"a mask for stream {key[0]} frame {key[1]}, which worker {w.ident.hex()} does not hold")
+        st = self._stream(key[0])
+        item = st.inflight.get(key[1]) if st is not None else None
+        if item is None:  # already written (a duplicate from a restart)
+            return
+        problem = _mask_problem(msg.array, item[0], w.classes)
+        if problem:
+            self._redo.append(key)
+            self.redispatched += 1
+            st.redispatched += 1
+            self._strike(w, f"returned {problem}")
+            raise WireError(f"worker {w.ident.hex()} returned {problem}; frame {key[1]} re-dispatched")
+        sample = now - max(held, w.last_return)
+        w.per_frame = sample if w.per_frame is None else 0.7 * w.per_frame + 0.3 * sample
+        w.last_return = now
+        w.strikes = 0
+        w.on_time += 1
+        if w.capacity < w.announced and w.on_time >= SLOW_RECOVERY:
+            w.capacity = w.announced
+            log.info("worker %s answers on time again; %d credits", w.ident.hex(), w.capacity)
+        _, _, t_read = st.inflight.pop(key[1])
+        self.worker_frames[w.ident.hex()] += 1
+        self._mask_latency.observe(time.time() - t_read)
+        # Relay the mask with the same buffer, no copy.
+        self._to_sink(pack("mask", msg.array, stream=key[0], seq=key[1], worker=w.ident.hex(), t_read=t_read))
 
     def _lost(self, st: _Stream) -> int:
         # Frames left unread by a drain were not lost to decoding: only a decode failure counts.
@@ -279,7 +444,11 @@ class SourceStage(Stage):
         try:
             send(self.sock, parts, identity=self.sink)
         except PeerGone:
-            raise TransportError("the sink disconnected; check the sink process") from None
+            # Its last words may be waiting: a sink that failed (a full disk) said why before it left.
+            if not self._sink_gone and self.wait(0.2):
+                self._sink_gone = True  # (what the sink's words lead to must not look for them again)
+                self.receive(self._handle)  # raises PeerFailed on the sink's error message
+            raise SinkGone("the sink disconnected; check the sink process") from None
 
     def _stream(self, sid) -> _Stream | None:
         try:
@@ -287,6 +456,7 @@ class SourceStage(Stage):
         except (IndexError, TypeError, ValueError):
             return None
 
+    # -- workers: losing, deadlines ---------------------------------------
     def _requeue(self, w: _Worker) -> None:
         for key in sorted(w.inflight):
             self._redo.append(key)
@@ -299,39 +469,87 @@ class SourceStage(Stage):
         self._requeue(w)
         del self.workers[w.ident]
 
-    def _pick_worker(self, live: bool = False) -> _Worker | None:
-        """The worker with the most free credits; for a live stream only an idle one,
-        so a fresh frame never waits behind another in a worker's queue."""
-        best = None
-        for w in self.workers.values():
-            if w.credits > 0 and not w.leaving and (not live or not w.inflight) and (best is None or w.credits > best.credits):
-                best = w
-        return best
+    def _drop_worker(self, w: _Worker, why: str, *, tell: bool = True) -> None:
+        """Write a worker off for good: its frames go to the others and nothing more is taken from it."""
+        self._lose_worker(w, why)
+        self._banned[w.ident] = time.monotonic()
+        while len(self._banned) > MAX_REMEMBERED:
+            self._banned.popitem(last=False)
+        if tell:
+            try:
+                send_msg(self.sock, "stop", identity=w.ident, reason=f"the source dropped this worker: it {why}")
+            except TransportError:
+                pass
+
+    def _strike(self, w: _Worker, why: str) -> None:
+        """A missed deadline or a bad mask: the first marks the worker slow (one frame at a time), repeated it is dropped."""
+        w.strikes += 1
+        w.on_time = 0
+        if w.strikes >= SLOW_STRIKES:
+            self._drop_worker(w, f"{why}, {w.strikes} times in a row")
+        else:
+            w.capacity = 1
+            log.warning("worker %s %s; marked slow (one frame at a time)", w.ident.hex(), why)
+
+    def _check_deadlines(self, now: float) -> None:
+        """A worker works through its frames in order: the oldest one it holds is due ``allowance`` seconds after
+        it was sent or after the worker's previous answer, whichever is later (so frames queued behind
+        others are not late, and a deadline never stacks on another)."""
+        for w in list(self.workers.values()):
+            missed = bool(w.inflight) and now - max(min(w.inflight.values()), w.last_return) > w.allowance(self.flow)
+            silent = [k for k, due in w.late.items() if due < now]
+            if not missed and not silent:
+                continue
+            allowance = w.allowance(self.flow)
+            taken = sorted(w.inflight) if missed else []  # the frames queued behind a stuck one are stuck too
+            for k in taken:
+                del w.inflight[k]
+                w.late[k] = now + allowance  # still silent then: a second miss
+            for k in silent:
+                w.late[k] = float("inf")  # counted once
+            self._redo.extend(taken)
+            self.redispatched += len(taken)
+            for k in taken:
+                self.streams[k[0]].redispatched += 1
+            what = (f"held a frame past its {allowance:.1f} s deadline ({len(taken)} frame(s) taken away)" if missed
+                    else "never answered a frame taken away")
+            self._strike(w, what)
+
+    def _pick_worker(self, live: bool = False, avoid: _Worker | None = None) -> _Worker | None:
+        """The worker with the most free credits (``avoid`` only when no other has one); for a live
+        stream only an idle one, so a fresh frame never waits behind another in a worker's queue."""
+        free = [w for w in self.workers.values()
+                if w.credits > 0 and not w.leaving and (not live or not (w.inflight or w.late))]
+        others = [w for w in free if w is not avoid]
+        return max(others or free, key=lambda w: w.credits, default=None)
 
     def _send_frame(self, w: _Worker, st: _Stream, seq: int) -> None:
         frame, pts, _ = st.inflight[seq]
-        w.credits -= 1
-        w.inflight.add((st.id, seq))
+        w.inflight[(st.id, seq)] = time.monotonic()
         try:
             send(self.sock, pack("frame", frame, stream=st.id, seq=seq, pts=pts), identity=w.ident)
         except PeerGone:
             self._lose_worker(w, "disconnected")
 
+    def _holder(self, key: Key) -> _Worker | None:
+        return next((w for w in self.workers.values() if key in w.late), None)
+
     def _dispatch(self) -> None:
         """Send frames while a worker has a credit and a stream has room in its window."""
         while self._redo:
-            w = self._pick_worker()
+            key = self._redo[0]
+            w = self._pick_worker(avoid=self._holder(key))
             if w is None:
                 return
-            sid, seq = self._redo.popleft()
-            st = self.streams[sid]
-            if seq in st.inflight:
-                self._send_frame(w, st, seq)
+            self._redo.popleft()
+            st = self.streams[key[0]]
+            if key[1] in st.inflight and not any(key in x.inflight for x in self.workers.values()):
+                self._send_frame(w, st, key[1])
         progress = True
         while progress:
             progress = False
             for st in self.streams:  # streams in turn: one frame each per pass
-                if st.eof or st.n - st.written >= self.flow.window:
+                if st.eof or st.n - st.written >= st.window:
                     continue
                 w = self._pick_worker(live=st.grabber is not None)
                 if w is None:
@@ -352,22 +570,32 @@ class SourceStage(Stage):
     def run(self) -> SourceResult:
         flow = self.flow
         for st in self.streams:
+            r = st.reader
             log.info("stream %d: %s (%s mode)", st.id, st.uri, st.mode)
+            if st.window < flow.window:
+                log.info("stream %d: %dx%d frames: window of %d frame(s) (--window-mb %g)", st.id, r.width, r.height,
+                         st.window, flow.window_mb)
         log.info("serving on %s", self.endpoint)
+        for st in self.streams:
+            if st.mode == "live" and st.reader.live:
+                # A camera or stream is read from now on, keeping only its newest frame: no backlog piles up
+                # while the peers connect (it would be read in a burst and lose its real timing).
+                st.grabber = _LiveGrabber(st.reader, pace=False)
         self._wait_for_peers()
-        card = next(iter(self.workers.values())).card
         for st in self.streams:
             r = st.reader
             info = dict(
                 stream=st.id, streams=len(self.streams), width=r.width, height=r.height,
-                fps=[r.fps.numerator, r.fps.denominator], frames=r.expected, source=st.uri,
-                audio=r.audio_path, mode=st.mode, pid=os.getpid(),
+                fps=[r.fps.numerator, r.fps.denominator], frames=r.announced, source=st.uri,
+                audio=r.audio_path, mode=st.mode, pid=os.getpid(), start=r.start,
             )
-            if card:
-                info["card"] = card
+            if self.card:
+                info["card"] = self.card
             send_msg(self.sock, "info", identity=self.sink, **info)
-            if st.mode == "live":
-                st.grabber = _LiveGrabber(r, pace=not r.live)
+            if st.grabber is not None:
+                st.grabber.started()  # frames dropped while the peers connected are not this run's drops
+            elif st.mode == "live":
+                st.grabber = _LiveGrabber(r, pace=True)  # a file played as if live
             else:
                 st.frames = iter(r)
 
@@ -382,7 +610,7 @@ class SourceStage(Stage):
                         if lost:
                             log.info("stream %d: %d frame(s) could not be decoded", st.id, lost)
                         self._to_sink(pack("eos", stream=st.id, frames=st.n, lost=lost, dropped=st.dropped,
-                                           redispatched=st.redispatched))
+                                           interrupted=self.draining, redispatched=st.redispatched))
                         st.eos_sent = True
                 if all(st.finished for st in self.streams):
                     break
@@ -390,12 +618,14 @@ class SourceStage(Stage):
                 if self.wait(0.005 if live_waiting else flow.heartbeat):
                     self.receive(self._handle)
                 now = time.monotonic()
+                self._log_refusals()
                 if self.heartbeat_due(now):
                     self._heartbeat()
                 self.check_peer(self.sink_seen, now, flow.peer_timeout, "the sink")
                 for w in list(self.workers.values()):
                     if now - w.last_seen > flow.worker_timeout:
                         self._lose_worker(w, f"missed heartbeats for {flow.worker_timeout:g} s")
+                self._check_deadlines(now)
                 pending = self._redo or any(st.inflight or not st.eof for st in self.streams)
                 if self.workers or not pending:
                     no_worker_since = None
@@ -410,7 +640,7 @@ class SourceStage(Stage):
                         )
         except BaseException as e:
             # Tell the sink to finish what it has: finished work stays valid and playable.
-            if self.sink is not None:
+            if self.sink is not None and not isinstance(e, PeerFailed):
                 for st in self.streams:
                     try:
                         send_msg(self.sock, "eos", identity=self.sink, stream=st.id, frames=-1, error=str(e) or type(e).__name__)
@@ -424,8 +654,14 @@ class SourceStage(Stage):
                 pass
         return SourceResult(
             {st.id: st.n for st in self.streams}, {st.id: self._lost(st) for st in self.streams},
-            {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed, {st.id: st.mode for st in self.streams},
+            {st.id: st.dropped for st in self.streams}, self.redispatched, self.malformed, self.refused.total,
+            self.draining, {st.id: st.mode for st in self.streams},
         )
+
+    def _log_refusals(self) -> None:
+        if self._curve is not None:
+            for why in self._curve.refusals():
+                self.refused.note(why)
 
     def _heartbeat(self) -> None:
         for ident in list(self.workers) + ([self.sink] if self.sink else []):
@@ -439,7 +675,7 @@ class SourceStage(Stage):
         while self.sink is None or not self.workers:
             left = deadline - time.monotonic()
             if left <= 0:
-                missing = " and ".join(x for x, ok in (("a sink", self.sink), ("a worker", self.workers)) if not ok)
+                missing = " or ".join(x for x, ok in (("sink", self.sink), ("worker", self.workers)) if not ok)
                 raise TransportError(
                     f"no {missing} connected to {self.endpoint} within {self.flow.connect_timeout:.0f} s; "
                     "start them with --connect pointing here"
@@ -447,7 +683,8 @@ class SourceStage(Stage):
             if self.draining:
                 raise KeyboardInterrupt
             if self.wait(min(left, self.flow.heartbeat)):
-                self.receive(self._handle_hello, budget=1)
+                self.receive(self._handle_hello)
+            self._log_refusals()
             if self.heartbeat_due(time.monotonic()):
                 self._heartbeat()  # peers that said hello hear from us while we wait for the others
 
@@ -470,3 +707,20 @@ class SourceStage(Stage):
         yield "vidseg_source_workers", len(self.workers), ()
         for worker, n in dict(self.worker_frames).items():
             yield "vidseg_source_worker_frames", n, (worker,)
+
+
+def _window_for(reader: FrameReader, flow: FlowConfig) -> int:
+    """``--window`` frames, fewer when their frames and masks would exceed ``--window-mb`` (never under one)."""
+    per_frame = reader.width * reader.height * 4  # BGR frame + uint8 mask, as the sink holds them
+    return max(1, min(flow.window, int(flow.window_mb * 2**20 // per_frame)))
+
+
+def _mask_problem(mask: np.ndarray, frame: np.ndarray, classes: int) -> str | None:
+    """Why ``mask`` cannot be the mask of ``frame`` from a model of ``classes`` classes; None when it can."""
+    h, w = frame.shape[:2]
+    if mask.dtype != np.uint8 or mask.shape != (h, w):
+        return f"a {'x'.join(map(str, mask.shape))} {mask.dtype} mask for a {h}x{w} frame (expected {h}x{w} uint8)"
+    top = int(mask.max()) if mask.size else 0
+    if top >= classes:
+        return f"class id {top} from a model of {classes} classes"
+    return None

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..config import BatchConfig, CurveConfig, FlowConfig
-from ..errors import TransportError, WireError
+from ..config import AccessConfig, BatchConfig, CurveConfig, FlowConfig
+from ..errors import StageError, TransportError, WireError, short_reason
 from ..predictor import Segmenter
 from ..telemetry import Telemetry
 from ..transport import dealer, send, send_msg
@@ -41,9 +41,10 @@ class WorkerStage(Stage):
     role = "worker"
 
     def __init__(self, segmenter: Segmenter, *, endpoint: str, flow: FlowConfig = FlowConfig(), persist: bool = False,
-                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig(), telemetry: Telemetry | None = None,
-                 load_seconds: float | None = None):
+                 batch: BatchConfig = BatchConfig(), curve: CurveConfig = CurveConfig(), access: AccessConfig = AccessConfig(),
+                 telemetry: Telemetry | None = None, load_seconds: float | None = None):
         super().__init__(dealer(endpoint, linger=1000, curve=curve), flow, routed=False, telemetry=telemetry)
+        self.token = access.token
         self.seg = segmenter
         self.batch = max(1, batch.batch)
         self.max_wait = batch.max_wait
@@ -63,6 +64,7 @@ class WorkerStage(Stage):
         self._stop = False
         self._said_leaving = False
         self._heard_any = False
+        self._heard_frames = False
         self._last_heard = 0.0
         self._infer_time = self.telemetry.histogram("vidseg_worker_inference_seconds")
 
@@ -109,6 +111,7 @@ class WorkerStage(Stage):
             pid=os.getpid(),
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette],
                   "random_init": card.random_init},
+            **({"token": self.token} if self.token else {}),
         )
 
     def run(self) -> WorkerResult:
@@ -127,10 +130,11 @@ class WorkerStage(Stage):
                     except queue.Empty:
                         break
                     if done is None:
-                        raise self._error  # type: ignore[misc]
+                        self._fail(self._error)
                     msg, mask = done
                     send(self.sock, pack("mask", mask, stream=msg["stream"], seq=msg["seq"]))
                     self.frames += 1
+                    self._held -= 1
                 events = dict(self.poller.poll(int(flow.heartbeat * 1000 / 2)))
                 now = time.monotonic()
                 if self._wake in events:
@@ -147,6 +151,7 @@ class WorkerStage(Stage):
                     send_msg(self.sock, "stop")
                     self._said_leaving = True
                     self.log.info("draining: the source sends no new frames; finishing those in hand")
+                self.check_handshake()
                 if self.heartbeat_due(now):
                     send_msg(self.sock, "hb")
                 silent = now - self._last_heard
@@ -170,8 +175,11 @@ class WorkerStage(Stage):
         self._last_heard, self._heard_any = now, True
         if msg.kind == "frame":
             self.received += 1
+            self._heard_frames = True
             self._in.put(msg)
         elif msg.kind == "stop":
+            if msg.header.get("reason"):  # refused or dropped by the source: say why, do not come back
+                raise StageError(msg["reason"]) if self._heard_frames else TransportError(msg["reason"])
             if not self.persist or self.draining:
                 self._stop = True
                 return
@@ -181,6 +189,15 @@ class WorkerStage(Stage):
                 self._stop = True
                 return
             self._hello()
+
+    def _fail(self, e: BaseException | None) -> None:
+        """Inference failed: tell the source (its frames go to the other workers at once) and end with one line."""
+        reason = f"inference failed: {short_reason(e) if e else 'unknown error'}"
+        try:
+            send_msg(self.sock, "error", reason=reason)
+        except Exception:  # noqa: BLE001 - the source may be gone; our own line still says why
+            pass
+        raise StageError(f"this worker's {reason}; its frames go to the other workers") from None
 
     def close(self) -> None:
         super().close()

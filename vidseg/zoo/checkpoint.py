@@ -24,10 +24,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_ZIP = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE = b"\x80"  # the legacy format: a pickle (protocol 2 or later), then raw storages
+_REEXPORT = "re-export it with torch.save(model.state_dict(), PATH)"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` and errors a user can act on."""
-    import pickle
-    import zipfile
+    """``torch.load`` with ``weights_only=True``; every unreadable file is one line saying what it is and what to do."""
+    import re
+    import warnings
 
     import torch
 
@@ -36,13 +41,45 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise InputError(f"weights file {path} does not exist; check the --weights path")
     if p.is_dir() or not os.access(p, os.R_OK):
         raise InputError(f"weights file {path} is not a readable file; check the --weights path")
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+    if not head:
+        raise InputError(f"weights file {path} is empty; download or export it again")
+    if not head.startswith((_ZIP, _PICKLE)):
+        what = _what_is(head)
+        raise InputError(f"{path} is {f'{what}, not a PyTorch checkpoint' if what else 'not a PyTorch checkpoint'}; "
+                         "give the .pt/.pth file the model was saved to")
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"{path} is not a readable PyTorch checkpoint ({first}); it may be truncated — download or export it again"
-        ) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes about pickle protocols are not the user's business
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises many types for a bad file; each becomes one line
+        text = str(e)
+        if "Weights only load failed" in text:
+            found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else " or instructions"
+            raise InputError(
+                f"{path} was refused: it holds Python objects{what} besides tensors, and loading them could run code; "
+                f"vidseg loads weights only — if you trust the file, {_REEXPORT}"
+            ) from None
+        first = text.strip().splitlines()[0][:120] if text.strip() else type(e).__name__
+        kind = "damaged PyTorch checkpoint (its zip archive is unreadable)" if head.startswith(_ZIP) else "damaged PyTorch checkpoint"
+        raise InputError(f"{path} is a {kind}: {first}; it may be truncated — download or export it again") from None
+
+
+def _what_is(head: bytes) -> str | None:
+    """A short guess at what a file that is not a PyTorch checkpoint is, from its first bytes (None: no idea)."""
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras?)"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        return "a safetensors file"
+    if head.startswith(b"\x08") and b"onnx" in head[:200].lower():
+        return "an ONNX model"
+    try:
+        text = head[: len(head) - 3 if len(head) == 4096 else None].decode("utf-8")  # not mid-character
+    except UnicodeDecodeError:
+        return None
+    return "a text file" if all(c.isprintable() or c in "\r\n\t" for c in text) else None
 
 
 def save_checkpoint(path: str | os.PathLike, model, card: ModelCard) -> str:
@@ -95,7 +132,19 @@ def load_state_strict(model, state: dict, *, what: str) -> None:
             parts.append(f"mis-shaped {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" + (f" (+{len(shaped)-1} more)" if len(shaped) > 1 else ""))
         hint = _hint(own, state, shaped)
         raise InputError(f"weights do not fit {what}: {'; '.join(parts)}{hint}")
+    check_finite(state)
     model.load_state_dict(state, strict=True)
+
+
+def check_finite(state: dict) -> None:
+    """Weights holding NaN or Inf make every mask one class: an error naming the first such tensor."""
+    import torch
+
+    for key, t in state.items():
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"weights hold non-finite values (NaN or Inf): {key} has {bad} of {t.numel()}; "
+                             "the checkpoint is damaged or was saved from a diverged training run — use another checkpoint")
 
 
 def _few(keys: list[str], n: int = 3) -> str:
