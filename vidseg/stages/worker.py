@@ -134,7 +134,6 @@ class WorkerStage(Stage):
                     msg, mask = done
                     send(self.sock, pack("mask", mask, stream=msg["stream"], seq=msg["seq"]))
                     self.frames += 1
-                    self._held -= 1
                 events = dict(self.poller.poll(int(flow.heartbeat * 1000 / 2)))
                 now = time.monotonic()
                 if self._wake in events:
