@@ -88,3 +88,15 @@ def test_a_recipe_gives_the_sliding_window_as_a_list_or_text(tmp_path):
     cfg = config_of(ModelConfig, _parsed(["worker", "--config", str(rec)]))
     assert (cfg.inference, cfg.crop_size, cfg.crop_stride, cfg.flip) == ("slide", (96, 128), (64, 96), True)
     assert config_of(ModelConfig, _parsed(["worker", "--config", str(rec), "--crop-size", "769"])).crop_size == (769, 769)
+
+
+def test_each_gpu_worker_sees_only_its_own_gpu(monkeypatch):
+    """cuda:N becomes CUDA_VISIBLE_DEVICES=N and cuda:0 inside the worker: one context, on its own GPU."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    plan = dataclasses.replace(PLAN, workers=3, devices=("cuda:1", "cuda:0", "cpu"))
+    workers = [s for s in stage_commands(plan, "ipc:///tmp/x/d") if s.role == "worker"]
+    got = [(s.argv[s.argv.index("--device") + 1], s.env.get("CUDA_VISIBLE_DEVICES")) for s in workers]
+    assert got == [("cuda:0", "1"), ("cuda:0", "0"), ("cpu", None)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # already narrowed by the user: N indexes that list
+    workers = [s for s in stage_commands(plan, "ipc:///tmp/x/d") if s.role == "worker"]
+    assert [s.env.get("CUDA_VISIBLE_DEVICES") for s in workers] == ["6", "4", None]
