@@ -99,3 +99,15 @@ def test_run_admits_its_own_stages_with_a_fresh_token_kept_off_their_command_lin
         assert a[TOKEN_ENV] not in " ".join(s.argv) and "--token" not in s.argv
     token = next(p for p in cli.commands["source"].params if p.name == "token")
     assert token.envvar == TOKEN_ENV  # the stages read it from there
+
+
+def test_each_gpu_worker_sees_only_its_own_gpu(monkeypatch):
+    """cuda:N becomes CUDA_VISIBLE_DEVICES=N and cuda:0 inside the worker: one context, on its own GPU."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    plan = dataclasses.replace(PLAN, workers=3, devices=("cuda:1", "cuda:0", "cpu"))
+    workers = [s for s in stage_commands(plan, "ipc:///tmp/x/d") if s.role == "worker"]
+    got = [(s.argv[s.argv.index("--device") + 1], s.env.get("CUDA_VISIBLE_DEVICES")) for s in workers]
+    assert got == [("cuda:0", "1"), ("cuda:0", "0"), ("cpu", None)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # already narrowed by the user: N indexes that list
+    workers = [s for s in stage_commands(plan, "ipc:///tmp/x/d") if s.role == "worker"]
+    assert [s.env.get("CUDA_VISIBLE_DEVICES") for s in workers] == ["6", "4", None]

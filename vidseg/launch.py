@@ -120,11 +120,13 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
     threads = max(1, (os.cpu_count() or 1) // plan.workers)
     for i in range(plan.workers):
         device = plan.devices[i % len(plan.devices)]  # round-robin: several workers per device allowed
+        device, env = _one_gpu(device)
         model = dataclasses.replace(plan.model, device=device)
         cpu = ["--threads", str(threads)] if device in ("cpu", "auto") else []
         stages.append(Stage("worker", base + ["worker", "--connect", endpoint, *to_args(model), *to_args(plan.batch),
                                               *cpu, *flow, *logv,
-                                              *to_args(stage_telemetry(plan.telemetry, FIRST_WORKER_PORT + i))]))
+                                              *to_args(stage_telemetry(plan.telemetry, FIRST_WORKER_PORT + i))],
+                            env=env))
     return stages
 
 
@@ -135,6 +137,18 @@ def stage_env(folder: str) -> dict[str, str]:
     """
     return {RUN_DIR_ENV: folder, RUN_PID_ENV: str(os.getpid()), TOKEN_ENV: secrets.token_urlsafe(32),
             PARTIALS_ENV: os.path.join(folder, PARTIALS_FILE)}
+
+
+def _one_gpu(device: str) -> tuple[str, dict[str, str]]:
+    """A worker on ``cuda:N`` sees only GPU N (as its cuda:0): one CUDA context, on its own GPU, none on GPU 0."""
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:  # already narrowed by the user: N indexes that list
+            ids = [v.strip() for v in visible.split(",") if v.strip()]
+            index = ids[int(index)] if index.isdigit() and int(index) < len(ids) else index
+        return "cuda:0", {"CUDA_VISIBLE_DEVICES": index}
+    return device, {}
 
 
 def launch(plan: RunPlan, folder: str) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import INTERRUPTED_EXIT_CODE, REPORTED_EXIT_CODES as REPORTED, InputError, StageError, TransportError
 
@@ -19,6 +19,7 @@ log = logging.getLogger("vidseg.run")
 class Stage:
     role: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # this stage's own additions to the environment
     proc: subprocess.Popen | None = None
     restarts: int = 0
     finished: bool = False
@@ -85,7 +86,7 @@ def supervise(stages: list[Stage], *, env: dict | None = None, poll: float = 0.0
             raise KeyboardInterrupt
 
     def start(s: Stage) -> None:
-        s.proc = subprocess.Popen(s.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        s.proc = subprocess.Popen(s.argv, env={**env, **s.env}, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.debug("started %s (pid %d): %s", s.role, s.proc.pid, " ".join(s.argv))
 
     env = {**env, "VIDSEG_STAGE": "1"}  # stages leave the "interrupted" line to the supervisor (or the sink)

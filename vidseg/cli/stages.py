@@ -31,6 +31,7 @@ from .options import (
 )
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+WARM_UP_FRAME = (720, 1280)  # a frame of the most common size warms a GPU worker up before it says hello
 DEMO = "demo"
 
 
@@ -120,8 +121,12 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     mcfg = config_of(ModelConfig, kw)
     t0 = time.monotonic()
     card, model = load_engine(mcfg, threads=threads)
+    batch = config_of(BatchConfig, kw)
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
-                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip)
+                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
+                    max_batch=batch.batch)
+    if seg.cuda:  # CUDA context, cuDNN's autotuning and the allocator before the source sends anything
+        seg.warm_up(*WARM_UP_FRAME)
     load_seconds = time.monotonic() - t0
     log = logging.getLogger("vidseg.worker")
     log.info("%s: %s, input: %s", card.name, seg.runs_on(), seg.describe())
@@ -131,7 +136,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
         log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
     res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                            batch=config_of(BatchConfig, kw), curve=config_of(CurveConfig, kw),
+                            batch=batch, curve=config_of(CurveConfig, kw),
                             access=config_of(AccessConfig, kw), telemetry=tel, load_seconds=load_seconds))
     log.info("done: %d frames, %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.malformed, peak_rss_mib())
 

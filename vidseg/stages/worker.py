@@ -23,10 +23,15 @@ import zmq
 from ..config import AccessConfig, BatchConfig, CurveConfig, FlowConfig
 from ..errors import StageError, TransportError, WireError, short_reason
 from ..predictor import Segmenter
+from ..ring import Ring
 from ..telemetry import Telemetry
 from ..transport import dealer, send, send_msg
 from ..wire import pack
 from .base import Stage
+
+
+_STOP = object()  # tells the inference thread to finish what is in flight and end
+RING_POLL = 0.001  # seconds between looks at the ring while batches are in flight
 
 
 @dataclass
@@ -68,32 +73,56 @@ class WorkerStage(Stage):
         self._last_heard = 0.0
         self._infer_time = self.telemetry.histogram("vidseg_worker_inference_seconds")
 
+    def _gather(self, timeout: float | None):
+        """A batch of same-sized frames, None when none came within ``timeout`` (None: block), or ``_STOP``.
+
+        Frames of the same size (across streams) join the first up to ``batch``, waiting at most ``max_wait``.
+        """
+        try:
+            first = self._in.get(timeout=timeout) if timeout is not None else self._in.get()
+        except queue.Empty:
+            return None
+        if first is _STOP:
+            return _STOP
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.batch:
+            try:
+                nxt = self._in.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is _STOP or nxt.array.shape != first.array.shape:
+                self._in.put(nxt)  # handled next round (or ends the loop)
+                break
+            batch.append(nxt)
+        return batch
+
     def _infer_loop(self) -> None:
+        """Batches through the in-flight ring (several at once on a GPU), masks out in order."""
         ping = self.ctx.socket(zmq.PAIR)
         ping.connect(self._wake_addr)
+        ring: Ring = Ring(self.seg, depth=self.seg.depth)
+
+        def emit(done) -> None:
+            for (msgs, t0), masks in done:
+                self._infer_time.observe(time.perf_counter() - t0)
+                for m, mask in zip(msgs, masks):
+                    self._out.put((m, mask))
+            if done:
+                ping.send(b"")
+
         try:
             while True:
-                msg = self._in.get()
-                if msg is None:
+                # With batches in flight, look for new frames briefly, then see what has completed.
+                batch = self._gather(RING_POLL if len(ring) else None)
+                if batch is _STOP:
+                    emit(ring.drain())
                     return
-                batch = [msg]
-                # Batch frames of the same size (across streams) up to `batch`, waiting at most max_wait.
-                deadline = time.monotonic() + self.max_wait
-                while len(batch) < self.batch:
-                    try:
-                        nxt = self._in.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if nxt is None or nxt.array.shape != msg.array.shape:
-                        self._in.put(nxt)  # handled next round (or ends the loop)
-                        break
-                    batch.append(nxt)
-                t0 = time.perf_counter()
-                masks = self.seg([m.array for m in batch])
-                self._infer_time.observe(time.perf_counter() - t0)
-                for m, mask in zip(batch, masks):
-                    self._out.put((m, mask))
-                ping.send(b"")
+                if batch:
+                    emit(ring.submit([m.array for m in batch], tag=(batch, time.perf_counter())))
+                emit(ring.ready())
+                if not batch and len(ring):
+                    emit(ring.drain())  # nothing new to overlap with: wait for what is in flight
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self._error = e
             self._out.put(None)
@@ -107,7 +136,8 @@ class WorkerStage(Stage):
             self.sock,
             "hello",
             role="worker",
-            credits=max(self.flow.credits, self.batch),
+            # Enough frames to keep the ring full while finished masks travel back: 2 batches + 1.
+            credits=max(self.flow.credits, 2 * self.batch + 1),
             pid=os.getpid(),
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette],
                   "random_init": card.random_init},
@@ -165,7 +195,7 @@ class WorkerStage(Stage):
         finally:
             # Stop and join the inference thread before the context goes: a socket left open in
             # another thread makes the process abort at exit.
-            self._in.put(None)
+            self._in.put(_STOP)
             t.join(timeout=10)
 
     def _handle(self, _ident, msg, now: float) -> None:
