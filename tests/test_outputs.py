@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY, make_clip, vidseg
 from vidseg.config import OutputConfig
 from vidseg.errors import InputError
+from vidseg.media.masks import MASK_VIDEO
 from vidseg.outputs import plan_outputs
 
 
@@ -87,7 +88,8 @@ def test_existing_outputs_are_refused_unless_overwrite_the_same_for_videos_and_m
     r = vidseg("run", "--source", str(clip), "--output", str(out), "--masks", str(masks), "--overwrite", *NULL)
     assert r.returncode == 0, r.stderr
     assert len(probe(out)["frames"]) == 6
-    assert sorted(p.name for p in masks.iterdir()) == [f"{i:06d}.png" for i in range(6)]  # replaced, not merged
+    # replaced, not merged: the six masks (PNGs and their lossless video), old.png gone
+    assert sorted(p.name for p in masks.iterdir()) == [f"{i:06d}.png" for i in range(6)] + [MASK_VIDEO]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
 
 

@@ -344,21 +344,28 @@ def _back(logits, lay: Layout, plan: Plan, probs: bool):
 
 
 def resize_labels(labels, size: tuple[int, int]):
-    """(B, h, w) class ids -> (B, H, W) by nearest neighbour: source index ``floor(i * h / H)`` in integers.
+    """Class ids (..., h, w) -> (..., H, W) by nearest neighbour: source index ``floor(i * h / H)`` in integers.
 
     Exact on every device (OpenCV's INTER_NEAREST misses the floor at a few
     rows where ``i * h / H`` is an integer, e.g. 11 of 480 for 520 -> 480);
-    what torch's and torchvision's ``nearest`` compute.
+    what torch's and torchvision's ``nearest`` compute. Takes a torch tensor
+    (the worker) or a NumPy array (the sink, which brings masks that travel at
+    the inference size back to their frame's): the same rule, the same ids.
     """
-    import torch
-
-    B, h, w = labels.shape
+    h, w = labels.shape[-2:]
     H, W = size
     if (h, w) == (H, W):
         return labels
+    if isinstance(labels, np.ndarray):
+        iy = np.arange(H, dtype=np.int64) * h // H
+        ix = np.arange(W, dtype=np.int64) * w // W
+        # Columns first (on the fewer, smaller rows), then whole rows copied: a gather of h x W, not H x W.
+        return np.take(np.take(labels, ix, axis=-1), iy, axis=-2)
+    import torch
+
     iy = torch.arange(H, device=labels.device) * h // H
     ix = torch.arange(W, device=labels.device) * w // W
-    return labels[:, iy][:, :, ix]
+    return labels[..., iy, :][..., ix]
 
 
 def segment(forward: Forward, x, lay: Layout, plan: Plan, *, resize_ids: bool = True):

@@ -146,6 +146,8 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
     if not (out.output or out.masks or out.preview or out.json or out.serve):
         raise InputError("nothing to write, and no display here for a preview window: watch in a browser with --serve :8080 "
                          "(then open http://127.0.0.1:8080/), or give --output FILE.mp4, --masks DIR or --json FILE.jsonl")
+    if out.json and sources is not None and _is_input(out.json, sources):  # said first: --overwrite must not help
+        raise InputError(f"--json {out.json} is one of the inputs; choose another file name")
     if out.json:
         check_json_path(out.json, out.overwrite)
     plan = OutputPlan(out)
@@ -163,9 +165,6 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
             if not is_template(m):
                 check_masks_dir(m, out.overwrite)
         return plan
-    inputs = {_identity(s) for s in sources} - {None}
-    if out.json and (_identity(out.json) in inputs or Path(out.json).resolve() in {Path(s).resolve() for s in sources if not _is_url(s)}):
-        raise InputError(f"--json {out.json} is one of the inputs; choose another file name")
     seen: dict[Path, int] = {}
     for i, src in enumerate(sources):
         for path, check in ((path_for(out.output, i, src, len(sources)), check_output_path),
@@ -177,10 +176,16 @@ def plan_outputs(out: OutputConfig, sources: Sequence[str] | None = None) -> Out
                 raise InputError(f"streams {seen[key]} and {i} would both be written to {path}; "
                                  "give one output per --source or a template with {stream}")
             seen[key] = i
-            if _identity(path) in inputs or key in {Path(s).resolve() for s in sources if not _is_url(s)}:
+            if _is_input(path, sources):
                 raise InputError(f"output {path} is one of the inputs; choose another output name")
             check(path, out.overwrite)
     return plan
+
+
+def _is_input(path: str, sources: Sequence[str]) -> bool:
+    """Whether ``path`` names one of the input files (the same file under any name, or a link to it)."""
+    inputs = {_identity(s) for s in sources} - {None}
+    return _identity(path) in inputs or Path(path).resolve() in {Path(s).resolve() for s in sources if not _is_url(s)}
 
 
 def output_error(path: str | os.PathLike, e: OSError) -> StageError:

@@ -7,9 +7,11 @@ pixels as the second part, a contiguous buffer described by ``shape`` and
 ``dtype`` in the header; it is sent and received without copying.
 
 Kinds (sender → receiver):
-  hello   peer → source      {role: worker|sink, credits, pid, card, token}
+  hello   peer → source      {role: worker|sink, credits, pid, card, token, frames (sink: false = no pixels)}
   info    source → sink      {stream, width, height, fps:[num,den], frames, source, audio, start}
   frame   source → worker/sink {stream, seq, pts, shape, dtype, dropped (live, to the sink)} + pixels (BGR)
+  stamp   source → sink      {stream, seq, pts, dropped}: a frame's place and time without its pixels,
+                             to a sink that writes no video (its hello said frames: false)
   mask    worker → source → sink {stream, seq, shape, dtype, worker} + class ids
   ack     sink → source      {stream, written}
   eos     source → sink      {stream, frames, lost, dropped, error, interrupted, redispatched}
@@ -109,13 +111,15 @@ CARD = _Spec("a model card {name, class_names: 1-256 strings, palette: one [0-25
 # Every field of every kind: (required, check). Checked on receipt, so a stage never acts on a bad value.
 FIELDS: dict[str, dict[str, tuple[bool, _Spec]]] = {
     "hello": {"role": (True, _choice("worker", "sink")), "credits": (False, _int(1, 2**31)),
-              "pid": (False, _int(0, 2**31)), "card": (False, CARD), "token": (False, _text(256))},
+              "pid": (False, _int(0, 2**31)), "card": (False, CARD), "token": (False, _text(256)),
+              "frames": (False, _BOOL)},
     "info": {"stream": (True, _STREAM), "streams": (False, _int(1, MAX_STREAMS)), "width": (True, _int(1, MAX_SIDE)),
              "height": (True, _int(1, MAX_SIDE)), "fps": (True, _FPS), "frames": (False, _optional(_SEQ)),
              "source": (False, _text()), "audio": (False, _optional(_text())), "mode": (False, _choice("lossless", "live")),
              "pid": (False, _int(0, 2**31)), "card": (False, CARD), "start": (False, _num(-1e9, 1e9))},
     "frame": {"stream": (True, _STREAM), "seq": (True, _SEQ), "pts": (True, _num(-1e9, 1e9)),
               "shape": (True, _SHAPE), "dtype": (True, _DTYPE), "dropped": (False, _SEQ)},
+    "stamp": {"stream": (True, _STREAM), "seq": (True, _SEQ), "pts": (True, _num(-1e9, 1e9)), "dropped": (False, _SEQ)},
     "mask": {"stream": (True, _STREAM), "seq": (True, _SEQ), "shape": (True, _SHAPE), "dtype": (True, _DTYPE),
              "worker": (False, _text(64)), "t_read": (False, _num(0, 1e11))},
     "ack": {"stream": (True, _STREAM), "written": (True, _SEQ), "final": (False, _BOOL)},

@@ -124,7 +124,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     batch = config_of(BatchConfig, kw)
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                     inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
-                    max_batch=batch.batch)
+                    max_batch=batch.batch, full_size=False)  # masks travel at the inference size
     if seg.cuda:  # CUDA context, cuDNN's autotuning and the allocator before the source sends anything
         seg.warm_up(*WARM_UP_FRAME)
     load_seconds = time.monotonic() - t0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -345,6 +347,69 @@ def _opencv_quiet() -> Iterator[None]:
         yield
     finally:
         logging_.setLogLevel(previous)
+
+
+class ReadAhead:
+    """Decodes ``reader`` in a thread, up to ``depth`` frames ahead of whoever takes them.
+
+    ``take()`` never waits for the decoder: it returns the next ``(frame, pts)``,
+    None when none is decoded yet, or raises ``EOFError`` after the last frame
+    (a decoding failure is raised as it happened). ``on_ready`` is called from
+    the thread when a frame arrives in an empty queue: the taker may be
+    waiting for it. The reader is closed by its owner only after ``close()``
+    returned True: FFmpeg must not free a demuxer a read is still inside.
+    """
+
+    def __init__(self, reader: FrameReader, depth: int, on_ready=None):
+        self.reader = reader
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._on_ready = on_ready
+        self._stop = threading.Event()
+        self.done = False
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="vidseg-decode", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.reader:
+                while True:  # bounded: wait for room, but never past a stop
+                    if self._stop.is_set():
+                        return
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._on_ready is not None and self._q.qsize() == 1:
+                    self._on_ready()
+        except BaseException as e:  # noqa: BLE001 - raised in the taker's thread
+            self.error = e
+        finally:
+            self.done = True
+            if self._on_ready is not None:
+                self._on_ready()  # the end is news too
+
+    def take(self) -> tuple[np.ndarray, float] | None:
+        done = self.done  # read before looking: a frame queued before the end is never missed
+        try:
+            return self._q.get_nowait()
+        except queue.Empty:
+            if self.error is not None:
+                raise self.error
+            if done:
+                raise EOFError from None
+            return None
+
+    def stop(self) -> None:
+        """Decode nothing more (the thread ends at its next frame)."""
+        self._stop.set()
+
+    def close(self, timeout: float = 15.0) -> bool:
+        """Stop decoding and join the thread; True when it has ended."""
+        self._stop.set()
+        self._t.join(timeout)
+        return not self._t.is_alive()
 
 
 def is_stream_url(uri: str) -> bool:

@@ -53,6 +53,14 @@ def bgr_to_yuv420p(av, frame: np.ndarray):
     return av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
 
 
+def encoder_threads() -> int:
+    """The CPUs this process may run on (its affinity, as a container or ``taskset`` limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class VideoWriter:
     """H.264 yuv420p MP4 (moov first), written under a temporary name next to ``path``.
 
@@ -81,6 +89,7 @@ class VideoWriter:
         crf: int = 20,
         preset: str = "veryfast",
         exact_yuv: bool = False,
+        threads: int | None = None,
         on_partial=None,
     ):
         import av
@@ -106,7 +115,9 @@ class VideoWriter:
         # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
         # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
         # would stretch or cut it by the reorder delay (a few % larger files at the same quality).
-        self._v.options = {"crf": str(crf), "preset": preset, "bf": "0"}
+        # x264's threads set explicitly (default: the CPUs this process may use), not left to its guess
+        # from the machine's core count, which overcommits a container or a pinned stage.
+        self._v.options = {"crf": str(crf), "preset": preset, "bf": "0", "threads": str(threads or encoder_threads())}
         self.frames = 0
         self.end = 0.0  # seconds of video written: the last frame's time plus one frame
         self._step = round(CLOCK / self.fps)

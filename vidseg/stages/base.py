@@ -3,6 +3,7 @@ rejection of malformed messages (counted, logged at a rate limit) and drain sign
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Iterator
 
@@ -43,6 +44,42 @@ class RateLimitedLog:
                 self.log.warning("%s: %d in the last %.0f s (latest: %s); %d so far",
                                  self.what, self._unlogged, now - self._last, detail, self.total)
             self._last, self._unlogged = now, 0
+
+
+class Waker:
+    """Wakes a stage's poll from another thread (decoding, inference): a byte down a pipe the poller watches.
+
+    A pipe, not a ZeroMQ socket: any thread may ``wake()`` without a socket of its own, and a full pipe
+    (the stage has not looked yet) simply drops the byte: one pending wake is as good as many.
+    """
+
+    def __init__(self, poller: zmq.Poller):
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.fd = self._r
+        poller.register(self._r, zmq.POLLIN)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"\0")
+        except (BlockingIOError, OSError):  # full (a wake is pending) or closed (the stage is ending)
+            pass
+
+    def clear(self) -> None:
+        """Consume pending wakes (call when the poll says the pipe is readable)."""
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class Stage:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -21,6 +23,7 @@ import numpy as np
 from ..composite import Compositor, make_palette, shown_classes
 from ..config import AccessConfig, CurveConfig, FlowConfig, OutputConfig
 from ..errors import InputError, StageError, TransportError, VidsegError, WireError
+from ..geometry import resize_labels
 from ..media.encode import VideoWriter
 from ..media.masks import MaskWriter
 from ..metadata import MetadataWriter
@@ -34,6 +37,11 @@ from ..zoo.card import RANDOM_WEIGHTS_NOTE
 from .base import Stage
 
 log = logging.getLogger("vidseg.sink")
+
+#: Frames composited ahead of the encoder per stream: encoding overlaps compositing and receiving.
+WRITE_AHEAD = 4
+#: Seconds the encoder thread may take to finish the frames queued to it at the end (only a guard against a hang).
+FLUSH_TIMEOUT = 120.0
 
 
 @dataclass
@@ -101,6 +109,8 @@ class SinkStage(Stage):
                 self.preview.close()
             raise
         self.out = out
+        #: Pixels are needed only to draw them (video, preview window, browser page); masks and metadata need none.
+        self.wants_frames = bool(out.output or out.preview or out.serve)
         self.endpoint = endpoint
         self.token = access.token
         self.streams: dict[int, _Out] = {}
@@ -138,7 +148,8 @@ class SinkStage(Stage):
                 raise KeyboardInterrupt
             self.check_handshake()
             if now - last_hello > 2.0:  # the source may bind after we connect; say hello again
-                send_msg(self.sock, "hello", role="sink", pid=os.getpid(), **({"token": self.token} if self.token else {}))
+                send_msg(self.sock, "hello", role="sink", pid=os.getpid(), frames=self.wants_frames,
+                         **({"token": self.token} if self.token else {}))
                 last_hello = now
             if self.wait(0.5):
                 # One at a time: what follows the info (frames, masks) belongs to the main loop.
@@ -317,6 +328,8 @@ class _Out:
         self._write_time = sink.telemetry.histogram("vidseg_sink_write_seconds")
         self.buf = ReorderBuffer(capacity=2 * flow.window + 4)
         self.expected: int | None = None
+        # Encoding (and mask files) in a thread of its own: one per stream, so streams also encode in parallel.
+        self.writing = _WriteThread(self._write, f"vidseg-write-{self.sid}") if (self.writer or self.masks) else None
         self.lost = self.dropped = 0
         self.error: str | None = None
         self.interrupted = False
@@ -333,7 +346,14 @@ class _Out:
         return self.error is not None or (self.expected is not None and self.buf.next >= self.expected)
 
     def handle(self, msg) -> None:
-        if msg.kind == "frame":
+        if msg.kind == "stamp":
+            if self.sink.wants_frames:
+                raise WireError("a frame without pixels for a sink that draws frames")
+            self.buf.add_frame(int(msg["seq"]), None, float(msg["pts"]))
+            self.received += 1
+            if "dropped" in msg.header:
+                self.dropped = max(self.dropped, int(msg.header["dropped"]))
+        elif msg.kind == "frame":
             if msg.array.shape != (*self.size, 3) or msg.array.dtype != np.uint8:
                 raise WireError(f"a frame of {msg.array.shape} {msg.array.dtype} in a stream of {self.size[1]}x{self.size[0]} BGR frames")
             self.buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
@@ -341,8 +361,9 @@ class _Out:
             if "dropped" in msg.header:  # live: the source's drops so far
                 self.dropped = max(self.dropped, int(msg.header["dropped"]))
         elif msg.kind == "mask":
-            if msg.array.shape != self.size or msg.array.dtype != np.uint8:
-                raise WireError(f"a mask of {msg.array.shape} {msg.array.dtype} in a stream of {self.size[1]}x{self.size[0]} frames")
+            m = msg.array
+            if m.dtype != np.uint8 or m.ndim != 2 or not (0 < m.shape[0] <= self.size[0] and 0 < m.shape[1] <= self.size[1]):
+                raise WireError(f"a mask of {m.shape} {m.dtype} in a stream of {self.size[1]}x{self.size[0]} frames")
             t_read = msg.header.get("t_read")
             self.buf.add_mask(int(msg["seq"]), msg.array)
             self.masks_in += 1
@@ -362,9 +383,11 @@ class _Out:
             self.sink.bars.set_total(self.sid, self.expected)
         for seq, frame, pts, mask in self.buf.pop_ready():
             t0 = time.perf_counter()
-            annotated = self.compose(frame, mask)
-            self._write(seq, annotated, pts, mask)
-            if self.window is not None:
+            mask = resize_labels(mask, self.size)  # from the inference size, by the worker's own nearest rule
+            annotated = self.compose(frame, mask) if frame is not None and self.sink.wants_frames else None
+            if self.writing is not None:
+                self.writing.put(seq, annotated, pts, mask)
+            if self.window is not None and annotated is not None:
                 self.window.show(annotated)
             self._write_time.observe(time.perf_counter() - t0)
             t_read = self._t_read.pop(seq, None)
@@ -383,7 +406,7 @@ class _Out:
             if self.sink.meta is not None:
                 self.sink.meta.write(stream=self.sid, seq=seq, pts=pts, latency=latency, worker=worker, mask=mask,
                                      class_names=self.class_names)
-            if self.sink.preview is not None:
+            if self.sink.preview is not None and annotated is not None:
                 self.sink.preview.publish(self.sid, annotated)
             self.sink.bars.update(self.sid)
 
@@ -433,6 +456,14 @@ class _Out:
     def finish(self) -> None:
         """Finalise outputs: complete ones renamed; after a failure, what was written is kept valid
         (with the audio trimmed to it), unless writing itself failed: then the partial files are removed."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            error = writing.close()
+            if error is not None and not writing.raised:  # failed at the last frames: not said yet
+                log.error("stream %d: %s", self.sid, error)
+                self.failed = True
+            if writing.alive:  # hung inside the encoder: its files are left alone, not closed under it
+                self.writer = self.masks = None
         ok = self.done and self.error is None and not self.interrupted
         keep = not self.failed and (ok or self.buf.next > 0)
         if self.writer is not None:
@@ -460,6 +491,63 @@ class _Out:
             self.redispatched, self.t_last - self.t_start, dict(self.per_worker), self.name, self.live,
             self.interrupted, self.announced, self.audio,
         )
+
+
+class _WriteThread:
+    """Calls ``write(seq, annotated, pts, mask)`` in a thread of its own, at most ``WRITE_AHEAD`` frames behind.
+
+    A failure (a full disk) is raised by the next ``put``, or returned by ``close``.
+    """
+
+    def __init__(self, write, name: str):
+        self._write = write
+        self._q: queue.Queue = queue.Queue(maxsize=WRITE_AHEAD)
+        self.error: BaseException | None = None
+        self.raised = False  # the error was raised in the caller's thread already
+        self._t = threading.Thread(target=self._run, name=name, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self.error is None:  # after a failure the rest is drained, not written
+                try:
+                    self._write(*item)
+                except BaseException as e:  # noqa: BLE001 - raised in the sink's thread
+                    self.error = e
+
+    def put(self, *item) -> None:
+        while True:
+            if self.error is not None:
+                self.raised = True
+                raise self.error
+            try:
+                self._q.put(item, timeout=0.5)  # full: the encoder is busy; it frees a place per frame
+                return
+            except queue.Full:
+                if not self._t.is_alive():
+                    raise StageError("the encoding thread ended unexpectedly; the partial output was kept") from None
+
+    @property
+    def alive(self) -> bool:
+        return self._t.is_alive()
+
+    def close(self) -> BaseException | None:
+        """Write what is queued and end the thread; the error that stopped writing, if any."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while self._t.is_alive():
+            try:
+                self._q.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+        self._t.join(max(0.0, deadline - time.monotonic()))
+        if self._t.is_alive():
+            return StageError(f"encoding did not finish within {FLUSH_TIMEOUT:.0f} s")
+        return self.error
 
 
 class _Preview:

@@ -42,11 +42,11 @@ import zmq
 
 from ..config import AccessConfig, CurveConfig, FlowConfig, SourceConfig
 from ..errors import StageError, TransportError, WireError
-from ..media.decode import FrameReader, open_source
+from ..media.decode import FrameReader, ReadAhead, open_source
 from ..telemetry import Telemetry
 from ..transport import PeerGone, router, send, send_msg
 from ..wire import MAX_CREDITS, pack
-from .base import RateLimitedLog, Stage
+from .base import RateLimitedLog, Stage, Waker
 
 log = logging.getLogger("vidseg.source")
 
@@ -56,6 +56,8 @@ DEADLINE_FACTOR = 4.0
 SLOW_STRIKES = 2
 #: Masks in a row on time after which a worker marked slow gets its credits back.
 SLOW_RECOVERY = 16
+#: Frames decoded ahead of dispatch per file stream at most (fewer when the window is short).
+READ_AHEAD = 8
 #: Peer identities remembered for rate limits and bans: bounded, so inventing identities costs a peer nothing here.
 MAX_REMEMBERED = 4096
 
@@ -168,7 +170,7 @@ class _Stream:
     reader: FrameReader
     mode: str
     grabber: _LiveGrabber | None = None
-    frames: object = None  # iterator of (frame, pts) in lossless mode
+    ahead: ReadAhead | None = None  # lossless mode: frames decoded ahead in a thread
     n: int = 0  # frames numbered and sent to the sink
     written: int = 0  # acknowledged by the sink
     eof: bool = False
@@ -198,11 +200,13 @@ class _Stream:
                         self.eof = True
             return item
         try:
-            frame, pts = next(self.frames)
-        except StopIteration:
+            item = self.ahead.take()
+        except EOFError:
             self.eof = True
             return None
-        return frame, pts, time.time()
+        if item is None:  # not decoded yet: the decoding thread wakes the loop when it is
+            return None
+        return item[0], item[1], time.time()
 
 
 @dataclass
@@ -250,6 +254,7 @@ class SourceStage(Stage):
         self.worker_frames: collections.Counter[str] = collections.Counter()  # masks returned, per worker
         self._mask_latency = self.telemetry.histogram("vidseg_source_mask_latency_seconds")
         self.sink: bytes | None = None
+        self.sink_frames = True
         self.sink_seen = 0.0
         self._sink_gone = False
         self.redispatched = 0
@@ -260,10 +265,12 @@ class SourceStage(Stage):
         self._banned: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # dropped workers
         self._nudged: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # last reply to a stranger
         self._credit_cap = min(MAX_CREDITS, flow.window * len(self.streams))
+        self._wake = Waker(self.poller)  # the decoding threads' news: a frame is ready, or the end
 
     def _close_streams(self) -> None:
         for s in self.streams:
-            if s.grabber is not None and not s.grabber.close():
+            reading = s.grabber or s.ahead
+            if reading is not None and not reading.close():
                 log.warning("stream %d: its reader is still busy after 15 s; leaving it open", s.id)
                 continue
             s.reader.close()
@@ -271,6 +278,7 @@ class SourceStage(Stage):
     def close(self) -> None:
         self._close_streams()
         super().close()
+        self._wake.close()
         if self._curve is not None:
             self._curve.close()
 
@@ -281,6 +289,8 @@ class SourceStage(Stage):
             s.eof = True
             if s.grabber:
                 s.grabber.stop = True
+            if s.ahead:
+                s.ahead.stop()
 
     # -- admission ----------------------------------------------------------
     def _handle_hello(self, ident: bytes, msg, now: float) -> None:
@@ -300,6 +310,8 @@ class SourceStage(Stage):
             if self.sink is None:  # the sink repeats its hello until the stream starts: say it once
                 log.info("sink connected from pid %s", h.get("pid", "?"))
             self.sink, self.sink_seen = ident, now
+            # A sink that writes no video (masks, metadata) gets each frame's place and time, not its pixels.
+            self.sink_frames = h.get("frames") is not False
             self._answer(ident)
             return
         if ident in self._banned:
@@ -562,7 +574,10 @@ class SourceStage(Stage):
                 st.inflight[seq] = item
                 # Live streams tell the sink their drops as they happen (its preview and metrics show them).
                 live = {"dropped": st.dropped} if st.grabber is not None else {}
-                self._to_sink(pack("frame", item[0], stream=st.id, seq=seq, pts=item[1], **live))
+                if self.sink_frames:
+                    self._to_sink(pack("frame", item[0], stream=st.id, seq=seq, pts=item[1], **live))
+                else:
+                    self._to_sink(pack("stamp", stream=st.id, seq=seq, pts=item[1], **live))
                 self._send_frame(w, st, seq)
                 progress = True
 
@@ -597,7 +612,9 @@ class SourceStage(Stage):
             elif st.mode == "live":
                 st.grabber = _LiveGrabber(r, pace=True)  # a file played as if live
             else:
-                st.frames = iter(r)
+                # Decoded ahead in a thread (a few frames, within the memory the window allows): dispatch
+                # never waits for the decoder, and decoding overlaps sending.
+                st.ahead = ReadAhead(r, depth=max(2, min(READ_AHEAD, st.window // 2)), on_ready=self._wake.wake)
 
         no_worker_since: float | None = None
         try:
@@ -616,6 +633,7 @@ class SourceStage(Stage):
                     break
                 live_waiting = any(st.grabber is not None and not st.eof for st in self.streams)
                 if self.wait(0.005 if live_waiting else flow.heartbeat):
+                    self._wake.clear()
                     self.receive(self._handle)
                 now = time.monotonic()
                 self._log_refusals()
@@ -718,8 +736,10 @@ def _window_for(reader: FrameReader, flow: FlowConfig) -> int:
 def _mask_problem(mask: np.ndarray, frame: np.ndarray, classes: int) -> str | None:
     """Why ``mask`` cannot be the mask of ``frame`` from a model of ``classes`` classes; None when it can."""
     h, w = frame.shape[:2]
-    if mask.dtype != np.uint8 or mask.shape != (h, w):
-        return f"a {'x'.join(map(str, mask.shape))} {mask.dtype} mask for a {h}x{w} frame (expected {h}x{w} uint8)"
+    # Masks travel at the inference size (never larger than the frame): the sink brings them to the frame's.
+    if mask.dtype != np.uint8 or mask.ndim != 2 or not (0 < mask.shape[0] <= h and 0 < mask.shape[1] <= w):
+        return (f"a {'x'.join(map(str, mask.shape))} {mask.dtype} mask for a {h}x{w} frame "
+                f"(expected uint8, at most {h}x{w})")
     top = int(mask.max()) if mask.size else 0
     if top >= classes:
         return f"class id {top} from a model of {classes} classes"

@@ -18,16 +18,18 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 
 from ..config import AccessConfig, BatchConfig, CurveConfig, FlowConfig
 from ..errors import StageError, TransportError, WireError, short_reason
+from ..geometry import resize_labels
 from ..predictor import Segmenter
 from ..ring import Ring
 from ..telemetry import Telemetry
 from ..transport import dealer, send, send_msg
 from ..wire import pack
-from .base import Stage
+from .base import Stage, Waker
 
 
 _STOP = object()  # tells the inference thread to finish what is in flight and end
@@ -54,14 +56,11 @@ class WorkerStage(Stage):
         self.batch = max(1, batch.batch)
         self.max_wait = batch.max_wait
         self.persist = persist
-        self.ctx = zmq.Context.instance()
         self.endpoint = endpoint
+        # The inference thread wakes the poll when masks are ready instead of a busy poll.
+        self._wake = Waker(self.poller)
         self._in: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
-        # The inference thread wakes the poller through an inproc pair instead of a busy poll.
-        self._wake_addr = f"inproc://vidseg-worker-wake-{id(self)}"
-        self._wake = self.ctx.socket(zmq.PAIR)
-        self._wake.bind(self._wake_addr)
         self._error: BaseException | None = None
         self.frames = 0
         self.received = 0
@@ -99,17 +98,15 @@ class WorkerStage(Stage):
 
     def _infer_loop(self) -> None:
         """Batches through the in-flight ring (several at once on a GPU), masks out in order."""
-        ping = self.ctx.socket(zmq.PAIR)
-        ping.connect(self._wake_addr)
         ring: Ring = Ring(self.seg, depth=self.seg.depth)
 
         def emit(done) -> None:
             for (msgs, t0), masks in done:
                 self._infer_time.observe(time.perf_counter() - t0)
                 for m, mask in zip(msgs, masks):
-                    self._out.put((m, mask))
+                    self._out.put((m, _wire_mask(mask, m.array.shape[:2])))
             if done:
-                ping.send(b"")
+                self._wake.wake()
 
         try:
             while True:
@@ -126,9 +123,7 @@ class WorkerStage(Stage):
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self._error = e
             self._out.put(None)
-            ping.send(b"")
-        finally:
-            ping.close(linger=0)
+            self._wake.wake()
 
     def _hello(self) -> None:
         card = self.seg.card
@@ -149,7 +144,6 @@ class WorkerStage(Stage):
         self._hello()
         t = threading.Thread(target=self._infer_loop, name="vidseg-infer", daemon=True)
         t.start()
-        self.poller.register(self._wake, zmq.POLLIN)
         self._last_heard = time.monotonic()
         try:
             while True:
@@ -166,9 +160,8 @@ class WorkerStage(Stage):
                     self.frames += 1
                 events = dict(self.poller.poll(int(flow.heartbeat * 1000 / 2)))
                 now = time.monotonic()
-                if self._wake in events:
-                    while self._wake.poll(0):
-                        self._wake.recv()
+                if self._wake.fd in events:
+                    self._wake.clear()
                 if self.sock in events:
                     self.receive(self._handle)
                 if self._stop:
@@ -230,7 +223,7 @@ class WorkerStage(Stage):
 
     def close(self) -> None:
         super().close()
-        self._wake.close(linger=0)
+        self._wake.close()
 
     # -- telemetry --------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -252,3 +245,11 @@ class WorkerStage(Stage):
             label = str(dev)
             yield "vidseg_worker_gpu_memory_bytes", torch.cuda.memory_allocated(dev), (label, "allocated")
             yield "vidseg_worker_gpu_memory_bytes", torch.cuda.memory_reserved(dev), (label, "reserved")
+
+
+def _wire_mask(mask: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """The mask as it travels: at the inference size (the sink brings it to the frame's size by the same
+    nearest rule), or at the frame's size where inference ran larger than the frame in either side."""
+    if mask.shape[0] <= frame[0] and mask.shape[1] <= frame[1]:
+        return mask
+    return resize_labels(mask, frame)

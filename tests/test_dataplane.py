@@ -1,0 +1,165 @@
+"""The data plane: masks travel at the inference size and come out bit-identical; frames are read ahead."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_clip, vidseg
+from test_reliability import procs  # noqa: F401 - the fixture
+from vidseg.geometry import resize_labels
+
+
+@pytest.mark.parametrize("src,dst", [((288, 512), (720, 1280)), ((520, 700), (480, 640)), ((7, 5), (13, 2)),
+                                     ((36, 64), (64, 96)), ((64, 96), (64, 96)), ((1, 1), (3, 4))])
+def test_sink_resize_is_the_workers_nearest_rule(src, dst):
+    """The sink (NumPy) brings a mask to its frame's size with exactly the ids the worker (torch) would have."""
+    ids = np.random.default_rng(sum(src)).integers(0, 19, src, dtype=np.uint8)
+    ours = resize_labels(ids, dst)
+    theirs = resize_labels(torch.from_numpy(ids)[None], dst)[0].numpy()
+    assert ours.shape == dst and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_pipeline_masks_are_bit_identical_to_full_size_inference(tmp_path):
+    """Masks cross the wire at the inference size; what the sink writes equals a full-size in-process run."""
+    from vidseg.config import ModelConfig
+    from vidseg.media.decode import FileReader
+    from vidseg.media.masks import MASK_VIDEO, read_mask_video
+    from vidseg.predictor import Segmenter
+    from vidseg.zoo import load_model
+
+    clip = make_clip(tmp_path / "in.mp4", frames=10, width=200, height=120, audio=False)
+    r = vidseg("run", "--source", str(clip), "--model", "deeplabv3plus", "--masks", str(tmp_path / "m"), *TINY, "-v")
+    assert r.returncode == 0, r.stderr
+    got = list(read_mask_video(tmp_path / "m" / MASK_VIDEO))
+
+    model, card = load_model(ModelConfig(model="deeplabv3plus", width_mult=0.125, device="cpu"))
+    seg = Segmenter(model, card, device="cpu", input_size=64)  # full_size: ids resized on the worker's side
+    small = Segmenter(model, card, device="cpu", input_size=64, full_size=False)
+    with FileReader(str(clip)) as reader:
+        frames = [f for f, _ in reader]
+    assert len(got) == len(frames) == 10
+    for frame, mask in zip(frames, got):
+        (want,) = seg([frame])
+        (wire,) = small([frame])
+        assert wire.shape[0] < 120 and wire.shape[1] < 200  # what travelled was smaller than the frame
+        np.testing.assert_array_equal(mask, want)
+
+
+def test_a_masks_only_sink_takes_no_pixels_and_brings_small_masks_to_frame_size(tmp_path, procs):
+    """A sink writing masks asks for no frames (hello frames=false): stamps carry place and time; masks
+    arrive at the inference size and are written at the frame's size by the nearest rule."""
+    from test_reliability import FAST, FakeSource
+
+    from vidseg.media.masks import MASK_VIDEO, read_mask_video
+
+    n, (h, w), small = 5, (64, 96), (40, 64)
+    rng = np.random.default_rng(5)
+    masks = [rng.integers(0, 19, small, dtype=np.uint8) for _ in range(n)]
+    fake = FakeSource()
+    try:
+        sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--masks", str(tmp_path / "m"), *FAST)
+        hello = fake.recv(kinds=("hello",), alive=(sink,))
+        assert hello["frames"] is False
+        fake.send("info", stream=0, streams=1, width=w, height=h, fps=[25, 1], frames=n, source="fake", audio=None, mode="lossless")
+        for i in range(n):
+            fake.send("stamp", stream=0, seq=i, pts=i / 25)
+            fake.send("mask", masks[i], stream=0, seq=i)
+            assert fake.recv(kinds=("ack",), alive=(sink,))["written"] == i + 1
+        fake.send("eos", stream=0, frames=n, lost=0, dropped=0)
+        assert sink.wait(30) == 0, sink.text()
+    finally:
+        fake.close()
+    got = list(read_mask_video(tmp_path / "m" / MASK_VIDEO))
+    assert len(got) == n
+    for mask, sent in zip(got, masks):
+        np.testing.assert_array_equal(mask, resize_labels(torch.from_numpy(sent)[None], (h, w))[0].numpy())
+
+
+def test_a_sink_that_draws_frames_asks_for_them_and_refuses_stamps(tmp_path, procs):
+    from test_reliability import FAST, FakeSource
+
+    fake = FakeSource()
+    try:
+        sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--output", str(tmp_path / "o.mp4"), *FAST)
+        assert fake.recv(kinds=("hello",), alive=(sink,))["frames"] is True
+        fake.send("info", stream=0, streams=1, width=96, height=64, fps=[25, 1], frames=1, source="fake", audio=None, mode="lossless")
+        fake.send("stamp", stream=0, seq=0, pts=0.0)  # pixels it needs are missing: dropped as malformed
+        fake.send("frame", np.zeros((64, 96, 3), np.uint8), stream=0, seq=0, pts=0.0)
+        fake.send("mask", np.zeros((32, 48), np.uint8), stream=0, seq=0)
+        assert fake.recv(kinds=("ack",), alive=(sink,))["written"] == 1
+        fake.send("eos", stream=0, frames=1, lost=0, dropped=0)
+        assert sink.wait(30) == 0, sink.text()
+    finally:
+        fake.close()
+    assert "a frame without pixels for a sink that draws frames" in sink.text()
+
+
+class _Frames:
+    """A reader of ``n`` numbered frames that fails at frame ``fail`` (if given)."""
+
+    def __init__(self, n: int, fail: int | None = None):
+        self.n, self.fail, self.read = n, fail, 0
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i == self.fail:
+                raise OSError("damaged at frame %d" % i)
+            self.read += 1
+            yield np.full((2, 2, 3), i, np.uint8), i / 25
+
+
+def _take_all(ahead, limit: int = 1000):
+    import time
+
+    got = []
+    for _ in range(limit):  # bounded: each pass waits at most 10 ms
+        try:
+            item = ahead.take()
+        except EOFError:
+            return got
+        if item is None:
+            time.sleep(0.01)
+        else:
+            got.append(item)
+    raise AssertionError(f"no end after {limit} looks; got {len(got)} frames")
+
+
+def test_read_ahead_keeps_order_ends_and_wakes_the_taker():
+    import threading
+
+    from vidseg.media.decode import ReadAhead
+
+    woken = threading.Semaphore(0)
+    ahead = ReadAhead(_Frames(20), depth=3, on_ready=woken.release)
+    got = _take_all(ahead)
+    assert [int(f[0, 0, 0]) for f, _ in got] == list(range(20)) and [p for _, p in got] == [i / 25 for i in range(20)]
+    assert woken.acquire(timeout=5)  # told at least once (the first frame or the end)
+    assert ahead.close()
+
+
+def test_read_ahead_raises_the_decoders_failure_after_the_frames_before_it():
+    from vidseg.media.decode import ReadAhead
+
+    ahead = ReadAhead(_Frames(10, fail=4), depth=2)
+    with pytest.raises(OSError, match="damaged at frame 4"):
+        _take_all(ahead)
+    assert ahead.close()
+
+
+def test_read_ahead_is_bounded_and_stops_mid_stream():
+    import time
+
+    from vidseg.media.decode import ReadAhead
+
+    frames = _Frames(1000)
+    ahead = ReadAhead(frames, depth=4)
+    for _ in range(200):  # bounded wait for the queue to fill (the thread blocks on it)
+        if frames.read >= 5:
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert frames.read <= 4 + 1  # the queue's 4 and the one waiting for room: never the whole file
+    assert ahead.close(timeout=5)  # stopped while blocked on a full queue
+    assert frames.read < 1000
