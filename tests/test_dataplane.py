@@ -163,3 +163,30 @@ def test_read_ahead_is_bounded_and_stops_mid_stream():
     assert frames.read <= 4 + 1  # the queue's 4 and the one waiting for room: never the whole file
     assert ahead.close(timeout=5)  # stopped while blocked on a full queue
     assert frames.read < 1000
+
+
+def test_a_worker_may_ask_for_smaller_frames_and_masks_still_come_out_at_frame_size(tmp_path):
+    """--wire-size: the source shrinks frames (area averaging) before sending; the sink writes frame-size masks
+    equal to inference on the shrunk frame brought back by the nearest rule."""
+    import cv2
+
+    from vidseg.config import ModelConfig
+    from vidseg.media.decode import FileReader
+    from vidseg.media.masks import MASK_VIDEO, read_mask_video
+    from vidseg.predictor import Segmenter
+    from vidseg.zoo import load_model
+
+    clip = make_clip(tmp_path / "in.mp4", frames=6, width=200, height=120, audio=False)
+    r = vidseg("run", "--source", str(clip), "--model", "deeplabv3plus", "--masks", str(tmp_path / "m"),
+               "--wire-size", "100", *TINY)
+    assert r.returncode == 0, r.stderr
+    got = list(read_mask_video(tmp_path / "m" / MASK_VIDEO))
+    model, card = load_model(ModelConfig(model="deeplabv3plus", width_mult=0.125, device="cpu"))
+    seg = Segmenter(model, card, device="cpu", input_size=64, full_size=False)
+    with FileReader(str(clip)) as reader:
+        frames = [f for f, _ in reader]
+    assert len(got) == len(frames) == 6
+    for frame, mask in zip(frames, got):
+        (small,) = seg([cv2.resize(frame, (100, 60), interpolation=cv2.INTER_AREA)])
+        assert mask.shape == (120, 200)
+        np.testing.assert_array_equal(mask, resize_labels(small, (120, 200)))

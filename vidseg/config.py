@@ -98,6 +98,9 @@ class BatchConfig:
 
     batch: int = 1  # frames per forward pass, batched across streams
     max_wait: float = 0.005  # seconds a worker waits to fill a batch
+    # The long side of the frames this worker asks for: the source shrinks larger ones before sending
+    # (for workers on other hosts, where bandwidth is short); None: frames as decoded.
+    wire_size: int | None = None
 
 
 @dataclass(frozen=True)

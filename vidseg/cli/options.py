@@ -83,6 +83,7 @@ model_options = compose(
 batch_options = compose(
     click.option("--batch", type=click.IntRange(1, 256), default=BatchConfig.batch, show_default=True, help="Frames per forward pass (batched across streams)."),
     click.option("--max-wait", type=click.FloatRange(0.0, 10.0), default=BatchConfig.max_wait, show_default=True, help="Seconds a worker waits to fill a batch."),
+    click.option("--wire-size", type=click.IntRange(16, 16384), default=None, help="Ask the source for frames at most this long on their long side (shrunk before sending; for workers across a slow network). Masks then come from the smaller frame. Default: frames as decoded."),
 )
 
 flow_options = compose(

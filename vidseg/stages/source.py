@@ -79,6 +79,7 @@ class _Worker:
     announced: int = 0  # the capacity it asked for (capped): given back after SLOW_RECOVERY masks on time
     on_time: int = 0  # masks accepted since its last strike
     leaving: bool = False  # draining: no new frames; forgotten once its frames are back
+    wire_size: int | None = None  # the long side of the frames it asked for (shrunk before sending)
 
     @property
     def credits(self) -> int:
@@ -329,7 +330,7 @@ class SourceStage(Stage):
         if self.card is None:
             self.card = card
         credits = min(int(h.get("credits", self.flow.credits)), self._credit_cap)
-        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits)
+        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits, wire_size=h.get("wire_size"))
         old = self.workers.get(ident)
         if old is not None:  # said hello again (restarted, or told to): what it held is lost, its record is kept,
             self._requeue(old)  # so a hello never wipes a slow mark, a strike or a frame still owed
@@ -539,7 +540,7 @@ class SourceStage(Stage):
         frame, pts, _ = st.inflight[seq]
         w.inflight[(st.id, seq)] = time.monotonic()
         try:
-            send(self.sock, pack("frame", frame, stream=st.id, seq=seq, pts=pts), identity=w.ident)
+            send(self.sock, pack("frame", _shrink(frame, w.wire_size), stream=st.id, seq=seq, pts=pts), identity=w.ident)
         except PeerGone:
             self._lose_worker(w, "disconnected")
 
@@ -731,6 +732,18 @@ def _window_for(reader: FrameReader, flow: FlowConfig) -> int:
     """``--window`` frames, fewer when their frames and masks would exceed ``--window-mb`` (never under one)."""
     per_frame = reader.width * reader.height * 4  # BGR frame + uint8 mask, as the sink holds them
     return max(1, min(flow.window, int(flow.window_mb * 2**20 // per_frame)))
+
+
+def _shrink(frame: np.ndarray, long_side: int | None) -> np.ndarray:
+    """``frame`` at most ``long_side`` pixels on its long side (area averaging), for a worker that asked."""
+    h, w = frame.shape[:2]
+    if not long_side or max(h, w) <= long_side:
+        return frame
+    import cv2
+
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 def _mask_problem(mask: np.ndarray, frame: np.ndarray, classes: int) -> str | None:

@@ -55,6 +55,7 @@ class WorkerStage(Stage):
         self.seg = segmenter
         self.batch = max(1, batch.batch)
         self.max_wait = batch.max_wait
+        self.wire_size = batch.wire_size
         self.persist = persist
         self.endpoint = endpoint
         # The inference thread wakes the poll when masks are ready instead of a busy poll.
@@ -137,6 +138,7 @@ class WorkerStage(Stage):
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette],
                   "random_init": card.random_init},
             **({"token": self.token} if self.token else {}),
+            **({"wire_size": self.wire_size} if self.wire_size else {}),
         )
 
     def run(self) -> WorkerResult:
