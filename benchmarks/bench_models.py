@@ -2,6 +2,11 @@
 
     python benchmarks/bench_models.py [--size 512x1024] [--reps 3] [--device cpu] [--precision fp32]
                                       [--only deeplabv3/mobilenetv3,ccnet/resnet101]
+    python benchmarks/bench_models.py --runtime all [--size 512x1024] [--reps 10]
+
+``--runtime all`` measures the default models under every installed runtime (torch, ONNX Runtime,
+OpenVINO, TensorRT where present) at ``--size`` and at the worker's default size, with mask
+agreement against torch fp32: that comparison lives in benchmarks/bench_runtimes.py.
 
 Each case runs in a fresh process (peak RSS is that process's own) with
 torch threads = all cores, eval mode, inference_mode, 19 classes, random weights.
@@ -53,7 +58,13 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--only", default="", help="comma-separated model/backbone pairs (default: every one)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "models.json"))
+    ap.add_argument("--runtime", choices=("torch", "all"), default="torch",
+                    help="all: every installed runtime side by side (benchmarks/bench_runtimes.py)")
     a = ap.parse_args()
+    if a.runtime == "all":
+        args = [sys.executable, str(ROOT / "benchmarks" / "bench_runtimes.py"), "--sizes", f"288x512,{a.size}",
+                "--reps", str(max(a.reps, 10))]
+        os.execv(sys.executable, args)
     only = {tuple(p.split("/", 1)) for p in a.only.split(",") if p}
     h, w = (int(v) for v in a.size.split("x"))
     sys.path.insert(0, str(ROOT))
