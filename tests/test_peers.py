@@ -244,8 +244,9 @@ def test_a_heartbeating_worker_that_never_answers_loses_its_frames(clip120, tmp_
 
 # -- masks that do not fit their frame --------------------------------------------------------------------------------
 def test_bad_masks_are_rejected_and_their_frames_go_to_another_worker(clip120, tmp_path, procs, fakes):
-    """Wrong shape, ndim, dtype or class ids used to kill the sink (or be written silently)."""
-    bad = [np.zeros((10, 10), np.uint8), np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96), np.float32),
+    """Wrong shape, ndim, dtype or class ids used to kill the sink (or be written silently). Masks may be
+    smaller than the frame (they travel at the inference size), never larger."""
+    bad = [np.zeros((65, 96), np.uint8), np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96), np.float32),
            np.full((64, 96), 200, np.uint8)]
     given = [0]
 
@@ -264,7 +265,7 @@ def test_bad_masks_are_rejected_and_their_frames_go_to_another_worker(clip120, t
     masks = mask_pngs(tmp_path)
     assert len(masks) == 120 and max(int(m.max()) for m in masks) < 19
     text = src.text()
-    assert "returned a 10x10 uint8 mask for a 64x96 frame (expected 64x96 uint8)" in text, text
+    assert "returned a 65x96 uint8 mask for a 64x96 frame (expected uint8, at most 64x96)" in text, text
     assert "2 times in a row" in text and fakes[0].stops
 
 

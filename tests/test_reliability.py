@@ -562,7 +562,8 @@ def _worker_round_trip(fake: FakeSource, worker: Proc, seq: int) -> None:
     fake.send("frame", img, stream=0, seq=seq, pts=seq / 25)
     m = fake.recv(kinds=("mask",), alive=(worker,))
     assert (m["stream"], m["seq"]) == (0, seq)
-    assert m.array.shape == (64, 96) and m.array.dtype == np.uint8
+    # at the inference size (long side 64): the sink brings it to the frame's size
+    assert m.array.shape[1] == 64 and 0 < m.array.shape[0] < 64 and m.array.dtype == np.uint8
     assert 0 <= int(m.array.max()) < 19
 
 

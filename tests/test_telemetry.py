@@ -24,6 +24,8 @@ from test_reliability import FAST, free_endpoint, null_model, one_line_error, pr
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from vidseg.stages.source import READ_AHEAD
+
 HANG = 90  # seconds: only a guard against a hang
 
 
@@ -139,7 +141,8 @@ def test_scrape_a_live_run_and_the_counters_add_up_to_the_frames_written(tmp_pat
         written = value(k, "vidseg_sink_frames_written_total", stream=0)
         per_worker = by_label(s, "vidseg_source_worker_frames_total", "worker")
         assert 5 <= written < dispatched < n, (written, dispatched)
-        assert value(s, "vidseg_source_frames_read_total", stream=0) == dispatched  # lossless: every frame read is sent
+        # lossless: every frame sent was read, and at most the read-ahead (and the one waiting for room) more
+        assert dispatched <= value(s, "vidseg_source_frames_read_total", stream=0) <= dispatched + READ_AHEAD + 1
         assert value(s, "vidseg_source_frames_written_total", stream=0) == written  # the sink's acks
         assert dispatched - written <= 8  # the window
         assert value(k, "vidseg_sink_frames_received_total", stream=0) == dispatched
@@ -147,7 +150,7 @@ def test_scrape_a_live_run_and_the_counters_add_up_to_the_frames_written(tmp_pat
         assert value(k, "vidseg_sink_frames_buffered", stream=0) == dispatched - written
         assert value(k, "vidseg_sink_latency_seconds_count", stream=0) == written
         held = dispatched - sum(per_worker.values())  # frames sitting in the frozen worker
-        assert 1 <= held <= 2, held  # its credits
+        assert 1 <= held <= 3, held  # its credits: two batches of one, plus one
         assert value(s, "vidseg_source_frames_in_flight", stream=0) == held
         assert value(s, "vidseg_source_workers") == 2 and value(s, "vidseg_source_redispatched_total") == 0
         assert value(wa, "vidseg_worker_frames_returned_total") in per_worker.values()
