@@ -59,7 +59,9 @@ def _cca_autograd(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     # e_h[b, h, w, k] = <q[:, :, h, w], k[:, :, k, w]>  (column),  e_w: same over the row.
     e_h = torch.einsum("bchw,bckw->bhwk", q, k)
     e_w = torch.einsum("bchw,bchk->bhwk", q, k)
-    eye = torch.eye(h, dtype=torch.bool, device=query.device).view(1, h, 1, h)
+    # The diagonal as a comparison of two ranges, not torch.eye: a boolean EyeLike has no ONNX Runtime kernel.
+    rows = torch.arange(h, device=query.device)
+    eye = (rows.view(h, 1) == rows.view(1, h)).view(1, h, 1, h)
     e_h = e_h.masked_fill(eye, float("-inf"))
     att = torch.softmax(torch.cat([e_h, e_w], dim=3), dim=3).to(value.dtype)
     a_h, a_w = att[..., :h], att[..., h:]
