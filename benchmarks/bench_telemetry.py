@@ -182,7 +182,6 @@ def per_call_us(fn, n: int) -> float:
 def parts(width: int, height: int) -> dict:
     """What --metrics and --serve add, timed one piece at a time (best of 5 batches)."""
     import cv2
-    import numpy as np
     from prometheus_client import Histogram
     from prometheus_client.exposition import generate_latest
 
