@@ -26,18 +26,15 @@ import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import _clips  # noqa: E402
+from helpers import free_endpoint  # noqa: E402
 from vidseg.config import CurveConfig  # noqa: E402
 from vidseg.transport import dealer, recv, send, send_msg  # noqa: E402
 from vidseg.wire import pack  # noqa: E402
 
 W, H = 1920, 1080
-
-
-def free_port() -> int:
-    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
-        return s.bind_to_random_port("tcp://127.0.0.1")
 
 
 def decode_only(clip: Path) -> float:
@@ -55,7 +52,7 @@ def decode_only(clip: Path) -> float:
 
 def serve_once(clip: Path, frames: int, curve: dict | None) -> dict:
     """Run a real source against stand-in peers; frames/s and bytes/s it sent, first frame to last."""
-    ep = f"tcp://127.0.0.1:{free_port()}"
+    ep = free_endpoint()
     args = [sys.executable, "-m", "vidseg", "source", "--source", str(clip), "--bind", ep, "--credits", "4"]
     client = CurveConfig()
     if curve:

@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import netns  # noqa: E402
-from conftest import make_clip, vidseg  # noqa: E402
-from test_reliability import FAST, Proc, masks_written, redispatched, worker_args  # noqa: E402
+from helpers import FAST, Proc, make_clip, masks_written, redispatched, vidseg, worker_args  # noqa: E402
 
 WORKER_TIMEOUT = 1.5
 HEARTBEAT = float(FAST[1])

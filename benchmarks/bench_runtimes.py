@@ -58,7 +58,6 @@ def _median_ms(fn, reps: int) -> float:
 
 
 def model_level(models: list[str], sizes: list[tuple[int, int]], reps: int, threads: int) -> list[dict]:
-    import numpy as np
     import torch
 
     from vidseg.export import export_onnx

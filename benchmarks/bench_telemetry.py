@@ -40,7 +40,6 @@ import re
 import resource
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,28 +52,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from _clips import make_clip  # noqa: E402
+from helpers import free_ports  # noqa: E402
 
 CONFIGS = ("baseline", "metrics", "serve (no one)", "serve + viewer", "both")
-
-
-def free_base(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        try:
-            socks = [socket.socket() for _ in range(n)]
-            for i, s in enumerate(socks):
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit("no free ports")
 
 
 class Watcher(threading.Thread):
@@ -118,11 +101,11 @@ def start(config: str, clip: Path, tmp: Path, model_args: list[str], tag: str):
             "--device", "cpu", *model_args]
     watchers = []
     if config in ("metrics", "both"):
-        base = free_base(3)
+        base = free_ports(3)
         args += ["--metrics", f"127.0.0.1:{base}"]
         watchers.append(Watcher([f"http://127.0.0.1:{base + i}/metrics" for i in range(3)], every=1.0))
     if config in ("serve (no one)", "serve + viewer", "both"):
-        port = free_base(1)
+        port = free_ports(1)
         args += ["--serve", f"127.0.0.1:{port}"]
         if config != "serve (no one)":
             watchers.append(Watcher([f"http://127.0.0.1:{port}/stream/0.mjpg"], every=None))
@@ -182,7 +165,6 @@ def per_call_us(fn, n: int) -> float:
 def parts(width: int, height: int) -> dict:
     """What --metrics and --serve add, timed one piece at a time (best of 5 batches)."""
     import cv2
-    import numpy as np
     from prometheus_client import Histogram
     from prometheus_client.exposition import generate_latest
 
@@ -192,7 +174,7 @@ def parts(width: int, height: int) -> dict:
 
     reg_hist = Histogram("bench_seconds", "", registry=None)
     frame = next(iter(__import__("_clips").busy_frames(1, width, height)))
-    preview = PreviewServer(f"127.0.0.1:{free_base(1)}")
+    preview = PreviewServer(f"127.0.0.1:{free_ports(1)}")
     preview.add_stream(0, "bench")
 
     class FakeSink:  # the figures a one-stream sink exports
@@ -206,7 +188,7 @@ def parts(width: int, height: int) -> dict:
             yield "vidseg_malformed_messages", 0, ()
             yield "vidseg_sink_workers", 2, ()
 
-    tel = Telemetry("sink", TelemetryConfig(metrics=f"127.0.0.1:{free_base(1)}"))
+    tel = Telemetry("sink", TelemetryConfig(metrics=f"127.0.0.1:{free_ports(1)}"))
     tel.attach(FakeSink())
     for _ in range(100):
         tel.histogram("vidseg_sink_latency_seconds").labels("0").observe(0.05)

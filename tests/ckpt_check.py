@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from helpers import vidseg
 from vidseg.config import ModelConfig
 from vidseg.convert import convert, import_checkpoint
 from vidseg.convert._common import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES
@@ -512,8 +513,6 @@ def run_masks(weights: Path, frame, folder: Path, *flags: str):
     Nothing but the file, the frame and ``flags`` (none for "no size flag"): what the card says is what runs.
     """
     import cv2
-
-    from conftest import vidseg
 
     frames, masks = folder / "frames", folder / "masks"
     frames.mkdir(parents=True)

@@ -4,17 +4,12 @@ import os
 import pytest
 import zmq
 
-from conftest import TINY, make_clip, probe, vidseg
+from helpers import TINY, make_clip, one_line_error, probe, vidseg
 
 
 def _one_line_error(r, *needles):
     assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vidseg: error:")]
-    assert len(errors) == 1, r.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
+    return one_line_error(r.stderr, *needles)
 
 
 def _no_output(tmp_path):

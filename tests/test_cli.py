@@ -1,7 +1,7 @@
 """CLI surface: version, help everywhere, model listing, config precedence."""
 import pytest
 
-from conftest import vidseg
+from helpers import vidseg
 
 
 def test_version_and_help_on_every_command():

@@ -5,14 +5,8 @@ import time
 import subprocess
 import sys
 
-import zmq
 
-from conftest import TINY, make_clip, probe, read_barcode, vidseg
-
-
-def _port() -> int:
-    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
-        return s.bind_to_random_port("tcp://127.0.0.1")
+from helpers import TINY, free_endpoint, make_clip, probe, read_barcode, vidseg
 
 
 def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
@@ -23,7 +17,7 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
     allowed.mkdir()
     shutil.copy(keys / "client.key", allowed / "client.key")
     clip = make_clip(tmp_path / "c.mp4", frames=8, audio=False)
-    ep = f"tcp://127.0.0.1:{_port()}"
+    ep = free_endpoint()
     base = [sys.executable, "-m", "vidseg"]
     client = ["--curve-secret", str(keys / "client.key_secret"), "--curve-server", str(keys / "server.key")]
     # An intruder without keys connects first: it must never be admitted, and it is told why at once (it used to
@@ -89,7 +83,7 @@ def test_a_secret_key_others_can_read_is_refused_unless_accepted_with_a_warning(
     assert vidseg("keys", str(keys)).returncode == 0
     secret = keys / "server.key_secret"
     os.chmod(secret, 0o644)
-    ep = f"tcp://127.0.0.1:{_port()}"
+    ep = free_endpoint()
     r = vidseg("source", "--source", str(clip), "--bind", ep, "--curve-secret", str(secret), "--connect-timeout", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"CURVE secret key {secret} can be read by every user (mode 0644); run 'chmod 600 {secret}'" in r.stderr
@@ -103,7 +97,7 @@ def test_a_secret_key_others_can_read_is_refused_unless_accepted_with_a_warning(
 def test_curve_without_admitted_clients_warns_that_any_key_pair_gets_in(tmp_path, clip):
     keys = tmp_path / "keys"
     assert vidseg("keys", str(keys)).returncode == 0
-    ep = f"tcp://127.0.0.1:{_port()}"
+    ep = free_endpoint()
     r = vidseg("source", "--source", str(clip), "--bind", ep, "--curve-secret", str(keys / "server.key_secret"), "--connect-timeout", "1")
     assert r.returncode == 3
     assert "--curve-secret without --curve-clients: traffic is encrypted, but a client with any key pair is admitted" in r.stderr
@@ -117,7 +111,7 @@ def test_a_client_with_an_unknown_key_is_told_at_once_and_the_source_logs_it(tmp
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     shutil.copy(keys / "client.key", allowed / "client.key")
-    ep = f"tcp://127.0.0.1:{_port()}"
+    ep = free_endpoint()
     base = [sys.executable, "-m", "vidseg"]
     log = tmp_path / "source.log"
     with open(log, "w") as fh:

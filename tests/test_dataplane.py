@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_clip, vidseg
-from test_reliability import procs  # noqa: F401 - the fixture
+from helpers import FAST, TINY, FakeSource, make_clip, vidseg
 from vidseg.geometry import resize_labels
 
 
@@ -50,8 +49,6 @@ def test_pipeline_masks_are_bit_identical_to_full_size_inference(tmp_path):
 def test_a_masks_only_sink_takes_no_pixels_and_brings_small_masks_to_frame_size(tmp_path, procs):
     """A sink writing masks asks for no frames (hello frames=false): stamps carry place and time; masks
     arrive at the inference size and are written at the frame's size by the nearest rule."""
-    from test_reliability import FAST, FakeSource
-
     from vidseg.media.masks import MASK_VIDEO, read_mask_video
 
     n, (h, w), small = 5, (64, 96), (40, 64)
@@ -78,8 +75,6 @@ def test_a_masks_only_sink_takes_no_pixels_and_brings_small_masks_to_frame_size(
 
 
 def test_a_sink_that_draws_frames_asks_for_them_and_refuses_stamps(tmp_path, procs):
-    from test_reliability import FAST, FakeSource
-
     fake = FakeSource()
     try:
         sink = procs.start("sink", "sink", "--connect", fake.endpoint, "--output", str(tmp_path / "o.mp4"), *FAST)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import probe, vidseg
+from helpers import probe, vidseg
 from vidseg.scenes import SceneConfig, write_scene
 from vidseg.train import SCENE_KNOBS, TRAIN_SEEDS
 from vidseg.zoo import sha256_file, zoo_cards

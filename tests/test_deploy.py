@@ -27,9 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import TINY, vidseg
-from test_launch import _parsed
-from test_reliability import free_endpoint, wait_until
+from helpers import TINY, free_endpoint, parse_stage_args, vidseg, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -215,7 +213,7 @@ def test_every_stage_command_line_parses_with_vidsegs_own_cli(rendered, both_com
     assert {stage_of(argv) for _, argv in lines} == set(STAGES)
     for where, argv in lines:
         try:
-            params = _parsed(argv)
+            params = parse_stage_args(argv)
         except Exception as e:  # noqa: BLE001 - the message says which flag
             pytest.fail(f"{where}: {' '.join(argv)}: {e}")
         if params.get("model"):

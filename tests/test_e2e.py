@@ -6,9 +6,8 @@ import time
 from fractions import Fraction
 
 import pytest
-import zmq
 
-from conftest import TINY, make_clip, probe, read_barcode, vidseg
+from helpers import TINY, free_endpoint, make_clip, probe, read_barcode, vidseg
 
 
 @pytest.mark.parametrize("model", ["deeplabv3plus", "ccnet"])
@@ -38,9 +37,7 @@ def test_clip_without_audio_and_odd_order_of_stage_start(tmp_path):
     """Stages started one by one (sink and worker before the source), joined over tcp."""
     clip = make_clip(tmp_path / "silent.mp4", frames=10, audio=False)
     out = tmp_path / "o.mp4"
-    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:  # find a free port
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-    ep = f"tcp://127.0.0.1:{port}"
+    ep = free_endpoint()
     env = {**os.environ}
     base = [sys.executable, "-m", "vidseg"]
     sink = subprocess.Popen(base + ["sink", "--connect", ep, "--output", str(out), "--alpha", "0.3"], env=env, stderr=subprocess.PIPE, text=True)

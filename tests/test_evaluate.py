@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import TINY, make_clip, vidseg
+from helpers import TINY, make_clip, vidseg
 from vidseg.evaluate import confusion_matrix, format_table, iou_from_confusion
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import vidseg
+from helpers import vidseg
 from vidseg.errors import InputError
 from vidseg.export import export_onnx, read_onnx_card
 from vidseg.nets import build_model

@@ -114,9 +114,7 @@ def test_windows_are_mmsegs_grid_and_cover_every_pixel(h, w, crop, stride):
         cover[y1:y2, x1:x2] += 1
     assert cover.min() >= 1
     if h >= crop[0] and w >= crop[1]:  # CCNet's count of tiles agrees where the image holds a whole tile
-        s = crop[0]
         assert len(got) == (math.ceil((h - crop[0]) / stride[0]) + 1) * (math.ceil((w - crop[1]) / stride[1]) + 1)
-        del s
 
 
 def test_slide_averages_overlapping_logits_against_an_independent_tiling():

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from helpers import parse_stage_args
 from vidseg.cli import cli
 from vidseg.cli.options import config_of
 from vidseg.config import AccessConfig, BatchConfig, FlowConfig, ModelConfig, OutputConfig, SourceConfig, TelemetryConfig
@@ -28,14 +29,6 @@ PLAN = RunPlan(
 )
 
 
-def _parsed(argv: list[str]) -> dict:
-    """Let Click parse a stage's command line (everything after ``python -m vidseg``) into its keyword arguments."""
-    name, *args = argv
-    cmd = cli.commands[name]
-    ctx = cmd.make_context(name, list(args))
-    return ctx.params
-
-
 @pytest.mark.parametrize("role, configs", [
     ("source", (SourceConfig, FlowConfig, TelemetryConfig)),
     ("sink", (OutputConfig, FlowConfig, TelemetryConfig)),
@@ -47,7 +40,7 @@ def test_each_stage_rebuilds_the_same_settings_from_its_command_line(role, confi
     # run --metrics HOST:PORT: the source on PORT, the sink on PORT+1, worker i on PORT+2+i
     ports = {"source": ["127.0.0.1:9100"], "sink": ["127.0.0.1:9101"], "worker": ["127.0.0.1:9102", "127.0.0.1:9103"]}[role]
     for s, port in zip(stages, ports):
-        kw = _parsed(s.argv[s.argv.index("vidseg") + 1:])
+        kw = parse_stage_args(s.argv[s.argv.index("vidseg") + 1:])
         want = {SourceConfig: PLAN.source, OutputConfig: PLAN.output, ModelConfig: PLAN.model,
                 BatchConfig: PLAN.batch, FlowConfig: PLAN.flow, TelemetryConfig: TelemetryConfig(metrics=port)}
         for cls in configs:
@@ -86,9 +79,9 @@ def test_to_args_leaves_unset_fields_to_the_stage_default():
 def test_a_recipe_gives_the_sliding_window_as_a_list_or_text(tmp_path):
     rec = tmp_path / "slide.toml"
     rec.write_text('inference = "slide"\ncrop_size = [96, 128]\ncrop_stride = "64x96"\nflip = true\n')
-    cfg = config_of(ModelConfig, _parsed(["worker", "--config", str(rec)]))
+    cfg = config_of(ModelConfig, parse_stage_args(["worker", "--config", str(rec)]))
     assert (cfg.inference, cfg.crop_size, cfg.crop_stride, cfg.flip) == ("slide", (96, 128), (64, 96), True)
-    assert config_of(ModelConfig, _parsed(["worker", "--config", str(rec), "--crop-size", "769"])).crop_size == (769, 769)
+    assert config_of(ModelConfig, parse_stage_args(["worker", "--config", str(rec), "--crop-size", "769"])).crop_size == (769, 769)
 
 
 def test_run_admits_its_own_stages_with_a_fresh_token_kept_off_their_command_lines(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from conftest import TINY, make_clip, probe, vidseg
+from helpers import TINY, make_clip, probe, vidseg
 from vidseg.media.masks import MASK_VIDEO, mask_files, read_mask, read_mask_video
 from vidseg.metadata import class_fractions
 

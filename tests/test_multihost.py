@@ -21,9 +21,18 @@ from pathlib import Path
 import pytest
 
 import netns
-from conftest import make_clip, vidseg
-from test_reliability import (  # noqa: F401 - procs is a fixture
-    ALPHA, FAST, barcodes, masks_written, no_partials, one_line_error, procs, redispatched, wait_until, worker_args,
+from helpers import (
+    ALPHA,
+    FAST,
+    barcodes,
+    make_clip,
+    masks_written,
+    no_partials,
+    one_line_error,
+    redispatched,
+    vidseg,
+    wait_until,
+    worker_args,
 )
 
 HOSTS = ("source", "worker1", "worker2", "sink")

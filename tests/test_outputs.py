@@ -1,9 +1,29 @@
 """Output planning: every rule about where outputs go is checked once, before any work."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
 import pytest
 
-from conftest import TINY, make_clip, vidseg
+from helpers import (
+    TINY,
+    FakeSource,
+    Proc,
+    barcode_frame,
+    make_clip,
+    masks_written,
+    one_line_error,
+    probe,
+    stage_pids,
+    vidseg,
+    wait_until,
+)
 from vidseg.config import OutputConfig
 from vidseg.errors import InputError
 from vidseg.media.masks import MASK_VIDEO
@@ -51,26 +71,7 @@ def test_run_refuses_an_output_over_its_source_before_starting(tmp_path):
 
 
 # -- one policy for existing outputs; full disks; a killed sink; interrupted runs (issue #10) ------------------------
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from fractions import Fraction  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from conftest import barcode_frame, probe  # noqa: E402
-
 NULL = ["--model", "null", "--input-size", "64", "--device", "cpu", "--alpha", "0.25", "--heartbeat", "0.2"]
-
-
-def _one_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [ln for ln in stderr.splitlines() if ln.startswith("vidseg: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 def test_existing_outputs_are_refused_unless_overwrite_the_same_for_videos_and_masks(tmp_path):
@@ -79,12 +80,12 @@ def test_existing_outputs_are_refused_unless_overwrite_the_same_for_videos_and_m
     out, masks = tmp_path / "out.mp4", tmp_path / "masks"
     out.write_bytes(b"precious")
     r = vidseg("run", "--source", str(clip), "--output", str(out), *NULL)
-    assert r.returncode == 2 and "already exists; pass --overwrite to replace it" in _one_line(r.stderr)
+    assert r.returncode == 2 and "already exists; pass --overwrite to replace it" in one_line_error(r.stderr)
     assert out.read_bytes() == b"precious"
     masks.mkdir()
     (masks / "old.png").write_bytes(b"x")
     r = vidseg("run", "--source", str(clip), "--masks", str(masks), *NULL)
-    assert r.returncode == 2 and "already exists and is not empty; pass --overwrite" in _one_line(r.stderr)
+    assert r.returncode == 2 and "already exists and is not empty; pass --overwrite" in one_line_error(r.stderr)
     r = vidseg("run", "--source", str(clip), "--output", str(out), "--masks", str(masks), "--overwrite", *NULL)
     assert r.returncode == 0, r.stderr
     assert len(probe(out)["frames"]) == 6
@@ -97,15 +98,12 @@ def test_an_existing_eval_report_is_refused_unless_overwrite_before_any_work(tmp
     report = tmp_path / "report.json"
     report.write_text("{}")
     r = vidseg("eval", "--source", str(tmp_path / "never-opened.mp4"), "--masks", str(tmp_path), "--json", str(report), *TINY)
-    assert r.returncode == 2 and f"--json {report} already exists; pass --overwrite" in _one_line(r.stderr)
+    assert r.returncode == 2 and f"--json {report} already exists; pass --overwrite" in one_line_error(r.stderr)
     assert report.read_text() == "{}"
 
 
 def test_a_hand_started_sink_never_writes_over_its_streams_input(tmp_path):
     """Even with --overwrite: the sink learns the input's path from the source and refuses before any work."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_reliability import FakeSource
-
     clip = make_clip(tmp_path / "c.mp4", frames=4, audio=False)
     before = clip.read_bytes()
     fake = FakeSource()
@@ -115,7 +113,7 @@ def test_a_hand_started_sink_never_writes_over_its_streams_input(tmp_path):
         fake.recv(kinds=("hello",))
         fake.send("info", stream=0, streams=1, width=96, height=64, fps=[12, 1], frames=4, source=str(clip), audio=None)
         assert p.wait(timeout=60) == 2
-        assert "is the input of stream 0" in _one_line(p.stderr.read())
+        assert "is the input of stream 0" in one_line_error(p.stderr.read())
     finally:
         fake.close()
     assert clip.read_bytes() == before
@@ -160,7 +158,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space_and_leaves_n
     out = disk / "out.mp4"
     r = run("run", "--source", str(clip), "--output", str(out), "--crf", "0", *NULL, after=f"ls -A {disk} > {tmp_path}/left.txt")
     assert r.returncode == 4, r.stderr
-    line = _one_line(r.stderr)
+    line = one_line_error(r.stderr)
     assert f"no space left to write {out}" in line and "free in" in line and "the partial output was removed" in line, line
     assert "the sink disconnected" not in r.stderr
     assert (tmp_path / "left.txt").read_text().split() == []  # no partial file on the full disk
@@ -168,20 +166,17 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space_and_leaves_n
 
 def test_a_sink_killed_with_9_leaves_no_partial_file(tmp_path):
     """`vidseg run` removes the temporary outputs of a sink that died before finishing them."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_reliability import Proc, _stage_pids, masks_written, wait_until
-
     clip = make_clip(tmp_path / "c.mp4", frames=150, fps=Fraction(25), audio=False)
     run = Proc("run", ["run", "--source", str(clip), "--output", str(tmp_path / "out.mp4"), "--masks", str(tmp_path / "masks"),
                        *NULL, "--arch", "delay_ms=50"], tmp_path)
     try:
         wait_until(lambda: masks_written(tmp_path) >= 10, alive=(run,), what="10 frames written")
         assert [p.name for p in tmp_path.iterdir() if "partial" in p.name]  # they exist while it works
-        (sink,) = _stage_pids(run, "sink")
+        (sink,) = stage_pids(run, "sink")
         os.kill(sink, signal.SIGKILL)
         assert run.wait() == 4, run.text()
     finally:
         run.cleanup()
-    assert "the sink stage died (signal 9)" in _one_line(run.text())
+    assert "the sink stage died (signal 9)" in one_line_error(run.text())
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == [], run.text()
     assert not (tmp_path / "out.mp4").exists()

@@ -19,16 +19,13 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import make_clip
-from test_reliability import (  # noqa: F401 - procs and clip120 are fixtures
+from helpers import (
     MAGIC,
-    _fuzz_source,
     barcodes,
-    clip120,
     free_endpoint,
-    masks_written,
+    fuzz_source,
+    make_clip,
     one_line_error,
-    procs,
     sink_args,
     source_args,
     wait_until,
@@ -149,7 +146,7 @@ def test_nested_and_non_finite_headers_do_not_end_the_source(clip120, tmp_path, 
         [MAGIC + b"\x01" + b'{"kind": "mask", "stream": 0, "seq": 1e999, "shape": [64, 96], "dtype": "uint8"}', bytes(64 * 96)],
         _raw(b'{"kind": "ack", "stream": 0, "written": NaN}'),
     ]
-    src = _fuzz_source(clip120, tmp_path, procs, garbage)
+    src = fuzz_source(clip120, tmp_path, procs, garbage)
     assert final_count(src.text(), r"(\d+) malformed message\(s\) dropped") == 2 * len(garbage)
 
 

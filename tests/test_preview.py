@@ -19,11 +19,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import TINY, make_clip, probe, vidseg
-from test_reliability import null_model, one_line_error, procs, wait_until  # noqa: F401 - procs is a fixture
-from test_telemetry import free_ports, get
-
-HANG = 90
+from helpers import HANG, TINY, free_ports, get, make_clip, null_model, one_line_error, probe, vidseg, wait_until
 
 
 def chromium_path() -> str | None:

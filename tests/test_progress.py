@@ -13,8 +13,7 @@ import termios
 import time
 from fractions import Fraction
 
-from conftest import TINY, make_clip, vidseg
-from test_reliability import FAST, free_endpoint, null_model, procs, wait_until  # noqa: F401 - procs is a fixture
+from helpers import FAST, TINY, free_endpoint, make_clip, null_model, vidseg
 from vidseg.progress import StreamSummary, summary_table
 
 HANG = 120

@@ -12,14 +12,11 @@ against a hang.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import signal
-import socketserver
 import subprocess
-import sys
 import threading
 import time
 from fractions import Fraction
@@ -27,139 +24,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
-from conftest import barcode_frame, make_clip, probe, read_barcode
-
-BASE = [sys.executable, "-m", "vidseg"]
-FAST = ["--heartbeat", "0.2"]  # every stage: heartbeats every 0.2 s
-ALPHA = ["--alpha", "0.25"]  # a light overlay: the barcodes stay readable under any class colour
-HANG = 90  # seconds: only a guard against a hang, never an expectation
-
-
-def null_model(delay_ms: float) -> list[str]:
-    """The ``null`` model (fixed delay per forward) at a tiny inference size on the CPU."""
-    return ["--model", "null", "--arch", f"delay_ms={delay_ms}", "--input-size", "64", "--device", "cpu"]
-
-
-def free_endpoint() -> str:
-    with zmq.Context() as ctx, ctx.socket(zmq.REP) as s:
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-    return f"tcp://127.0.0.1:{port}"
-
-
-# -- processes -------------------------------------------------------------------------------
-class Proc:
-    """A vidseg process whose stdout+stderr go to a log file (no pipe can fill up and block it)."""
-
-    def __init__(self, name: str, args: list[str], tmp_path: Path, prefix: list[str] = ()):
-        self.name = name
-        self.log = tmp_path / f"{name}.log"
-        self._fh = open(self.log, "w")
-        # prefix: e.g. `ip netns exec NS` (which execs, so the pid stays the stage's own)
-        self.p = subprocess.Popen([*prefix, *BASE, *args], stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp_path)
-        self.pid = self.p.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def poll(self):
-        return self.p.poll()
-
-    def wait(self, timeout: float = HANG) -> int:
-        try:
-            return self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout} s (hang?):\n{self.text()}") from None
-
-    def signal(self, sig: int) -> None:
-        if self.p.poll() is None:
-            os.kill(self.p.pid, sig)
-
-    def cleanup(self) -> None:
-        if self.p.poll() is None:
-            # `vidseg run` has stages of its own: they go too (a stopped process must be able to die).
-            for pid in [*children_of(self.p.pid), self.p.pid]:
-                for sig in (signal.SIGCONT, signal.SIGKILL):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._fh.close()
-
-    def __repr__(self) -> str:
-        return f"<{self.name} pid {self.pid} rc {self.p.poll()}>"
-
-
-@pytest.fixture
-def procs(tmp_path):
-    """Start vidseg processes with ``procs.start(name, *args)``; all are killed at teardown."""
-
-    class Procs(list):
-        def start(self, name: str, *args: str, prefix: list[str] = ()) -> Proc:
-            p = Proc(name, list(args), tmp_path, prefix)
-            self.append(p)
-            return p
-
-        def logs(self) -> str:
-            return "\n".join(f"--- {p.name} (rc {p.poll()}):\n{p.text()}" for p in self)
-
-    started = Procs()
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.cleanup()
-
-
-def wait_until(cond, *, timeout: float = HANG, alive: tuple[Proc, ...] = (), what: str = "condition", logs=None) -> None:
-    """Poll ``cond`` until true; fail (with the logs) on timeout or when a process in ``alive`` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        dead = [p for p in alive if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            why = f"{dead} exited" if dead else f"timed out after {timeout} s"
-            extra = logs() if logs else "\n".join(f"--- {p.name}:\n{p.text()}" for p in alive)
-            raise AssertionError(f"waiting for {what}: {why}\n{extra}")
-        time.sleep(0.05)
-
-
-def masks_written(folder: Path, name: str = "masks") -> int:
-    """Mask PNGs the sink has written so far (its temporary folder, or the final one)."""
-    n = sum(1 for d in folder.glob(f".{name}.*.partial") for _ in d.glob("*.png"))
-    final = folder / name
-    if final.is_dir():
-        n = max(n, sum(1 for _ in final.glob("*.png")))
-    return n
-
-
-def barcodes(path: Path) -> list[int]:
-    return [read_barcode(f) for f in probe(path)["frames"]]
-
-
-def one_line_error(text: str, *needles: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [ln for ln in text.splitlines() if ln.startswith("vidseg: error:")]
-    assert len(errors) == 1, text
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
-
-
-def no_partials(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob("*") if "partial" in p.name]
-
-
-def redispatched(source_log: str) -> int:
-    m = re.search(r"(\d+) frame\(s\) re-dispatched", source_log)
-    assert m, source_log
-    return int(m.group(1))
+from helpers import (
+    ALPHA,
+    BASE,
+    FAST,
+    HANG,
+    MAGIC,
+    FakeSource,
+    MjpegServer,
+    Proc,
+    barcode_frame,
+    barcodes,
+    children_of,
+    free_endpoint,
+    fuzz_source,
+    make_clip,
+    masks_written,
+    no_partials,
+    null_model,
+    one_line_error,
+    probe,
+    read_barcode,
+    redispatched,
+    sink_args,
+    source_args,
+    stage_pids,
+    wait_until,
+    worker_args,
+)
 
 
 def worker_frames(log: str) -> int:
@@ -168,45 +61,12 @@ def worker_frames(log: str) -> int:
     return int(m.group(1))
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``, read from /proc."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            out.append(int(d.name))
-    return out
-
-
 def is_running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
-@pytest.fixture(scope="module")
-def clip120(tmp_path_factory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("rel") / "c120.mp4", frames=120, fps=Fraction(25), audio=False)
-
-
-def source_args(clip: Path, ep: str, *extra: str) -> list[str]:
-    return ["source", "--source", str(clip), "--bind", ep, *FAST, "--worker-timeout", "1.5", "--peer-timeout", "20", *extra]
-
-
-def sink_args(ep: str, out: Path, *extra: str) -> list[str]:
-    return ["sink", "--connect", ep, "--output", str(out), "--masks", str(out.parent / "masks"), *ALPHA, *FAST, "--peer-timeout", "20", *extra]
-
-
-def worker_args(ep: str, delay_ms: float, *extra: str) -> list[str]:
-    return ["worker", "--connect", ep, *null_model(delay_ms), "--threads", "1", *FAST, "--peer-timeout", "20", *extra]
 
 
 # -- 1. a worker killed (-9) mid-stream ----------------------------------------------------------
@@ -303,64 +163,10 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
 
 
 # -- 4. an HTTP MJPEG camera that drops and comes back ---------------------------------------------
-class _MjpegServer:
-    """Serves ``multipart/x-mixed-replace`` JPEG barcode frames on 127.0.0.1; numbering survives restarts.
-
-    ``sent[i]`` is the monotonic time frame ``i`` was written to the socket (its real place in time).
-    """
-
-    def __init__(self, port: int = 0, fps: float = 25.0, counter: list | None = None):
-        self.counter = counter if counter is not None else [0]
-        self.sent: dict[int, float] = {}
-        self.stopping = threading.Event()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):
-                import cv2
-
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=vsframe")
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
-                try:
-                    while not outer.stopping.is_set():
-                        i = outer.counter[0]
-                        outer.counter[0] += 1
-                        ok, jpg = cv2.imencode(".jpg", barcode_frame(i, 64, 96), [cv2.IMWRITE_JPEG_QUALITY, 95])
-                        data = jpg.tobytes()
-                        self.wfile.write(b"--vsframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n")
-                        self.wfile.flush()
-                        outer.sent[i] = time.monotonic()
-                        time.sleep(1 / fps)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.srv = Server(("127.0.0.1", port), Handler)
-        self.port = self.srv.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
-        self._t = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._t.start()
-
-    def stop(self) -> None:
-        """Close every open stream and the listening socket."""
-        self.stopping.set()
-        self.srv.shutdown()
-        self.srv.server_close()
-        self._t.join(timeout=5)
-
-
 def test_pyav_opens_an_mjpeg_http_stream(tmp_path):
     import av
 
-    srv = _MjpegServer()
+    srv = MjpegServer()
     try:
         with av.open(srv.url, "r", options={"rw_timeout": "5000000"}, timeout=5) as c:
             v = c.streams.video[0]
@@ -377,7 +183,7 @@ def test_pyav_opens_an_mjpeg_http_stream(tmp_path):
 
 def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
     out = tmp_path / "out.mp4"
-    srv = _MjpegServer()
+    srv = MjpegServer()
     port, counter = srv.port, srv.counter
     run = procs.start("run", "run", "--source", srv.url, "--output", str(out), "--masks", str(tmp_path / "masks"),
                       *ALPHA, *null_model(20), *FAST)
@@ -387,7 +193,7 @@ def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
         served_before = counter[0]
         wait_until(lambda: "reconnecting" in run.text(), timeout=30, alive=(run,), what="the drop noticed")
         time.sleep(0.5)  # let at least one reconnect attempt fail against the closed port
-        srv = _MjpegServer(port=port, counter=counter)  # back, on the same port
+        srv = MjpegServer(port=port, counter=counter)  # back, on the same port
         wait_until(lambda: "reconnected" in run.text(), timeout=30, alive=(run,), what="reconnected")
         written = masks_written(tmp_path)
         wait_until(lambda: masks_written(tmp_path) >= written + 10, timeout=30, alive=(run,), what="frames after the reconnect")
@@ -466,9 +272,6 @@ def test_signal_to_run_drains_to_a_valid_output(tmp_path, procs, sig):
 
 
 # -- 6. malformed messages --------------------------------------------------------------------------
-MAGIC = b"VSG\x00"
-
-
 def _head(fields: dict, version: int = 1) -> bytes:
     return MAGIC + bytes([version]) + json.dumps(fields).encode()
 
@@ -514,46 +317,6 @@ def test_unpack_rejects_overflowing_and_non_integer_shapes():
     for parts in _wire_garbage() + _overflow_garbage():
         with pytest.raises(WireError):
             unpack(parts)
-
-
-class FakeSource:
-    """A ROUTER standing in for the source, to talk to one real worker or sink."""
-
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.peer: bytes | None = None
-
-    def recv(self, timeout: float = 30.0, kinds: tuple[str, ...] | None = None, alive: tuple[Proc, ...] = ()):
-        """The next message (of ``kinds``) from the peer, decoded; fails when ``timeout`` passes first."""
-        from vidseg.wire import unpack
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for p in alive:
-                assert p.poll() is None, f"{p.name} exited:\n{p.text()}"
-            if self.sock.poll(100):
-                parts = self.sock.recv_multipart()
-                self.peer = parts[0]
-                msg = unpack(parts[1:])
-                if kinds is None or msg.kind in kinds:
-                    return msg
-        raise AssertionError(f"no {kinds or 'message'} within {timeout} s:\n" + "\n".join(p.text() for p in alive))
-
-    def send_raw(self, parts: list[bytes]) -> None:
-        self.sock.send_multipart([self.peer, *parts])
-
-    def send(self, kind: str, array=None, **fields) -> None:
-        from vidseg.wire import pack
-
-        self.sock.send_multipart([self.peer, *[bytes(p) for p in pack(kind, array, **fields)]])
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
 
 
 def _worker_round_trip(fake: FakeSource, worker: Proc, seq: int) -> None:
@@ -607,33 +370,9 @@ def test_worker_survives_overflowing_shapes(tmp_path, procs):
     assert final_count(worker.text(), r"done: \d+ frames, (\d+) malformed message\(s\) dropped") == len(garbage), worker.text()
 
 
-def _fuzz_source(clip: Path, tmp_path: Path, procs, garbage: list[list[bytes]]):
-    ep, out = free_endpoint(), tmp_path / "out.mp4"
-    ctx = zmq.Context()
-    fuzz = ctx.socket(zmq.DEALER)
-    fuzz.setsockopt(zmq.LINGER, 0)
-    try:
-        src = procs.start("source", *source_args(clip, ep))
-        fuzz.connect(ep)
-        for parts in garbage:  # while the source waits for its peers
-            fuzz.send_multipart(parts)
-        sink = procs.start("sink", *sink_args(ep, out))
-        worker = procs.start("worker", *worker_args(ep, 20))
-        wait_until(lambda: masks_written(tmp_path) >= 5, alive=(src, sink, worker), what="5 frames written", logs=procs.logs)
-        for parts in garbage:  # and again mid-stream
-            fuzz.send_multipart(parts)
-        for p in (src, sink, worker):
-            assert p.wait() == 0, procs.logs()
-    finally:
-        fuzz.close()
-        ctx.term()
-    assert barcodes(out) == list(range(120))
-    return src
-
-
 def test_source_survives_malformed_messages_mid_run(clip120, tmp_path, procs):
     garbage = _wire_garbage()
-    src = _fuzz_source(clip120, tmp_path, procs, garbage)
+    src = fuzz_source(clip120, tmp_path, procs, garbage)
     # A part larger than the source's largest message (here the 70 KB header) is cut off by libzmq before it is
     # read (MAXMSGSIZE): that peer is disconnected, nothing reaches the source to count.
     counted = [g for g in garbage if max(len(p) for p in g) <= 64 * 1024]
@@ -643,7 +382,7 @@ def test_source_survives_malformed_messages_mid_run(clip120, tmp_path, procs):
 
 def test_source_survives_overflowing_shapes(clip120, tmp_path, procs):
     garbage = _overflow_garbage()
-    src = _fuzz_source(clip120, tmp_path, procs, garbage)
+    src = fuzz_source(clip120, tmp_path, procs, garbage)
     assert re.search(rf"\b{2 * len(garbage)} malformed message\(s\) dropped", src.text()), src.text()
 
 
@@ -654,7 +393,7 @@ def test_source_survives_a_hello_with_bad_field_types(clip120, tmp_path, procs):
         [_head({"kind": "hello", "role": "worker", "credits": None})],
         [_head({"kind": "hello", "role": "worker", "credits": [1]})],
     ]
-    _fuzz_source(clip120, tmp_path, procs, garbage)
+    fuzz_source(clip120, tmp_path, procs, garbage)
 
 
 def test_sink_survives_malformed_messages(tmp_path, procs):
@@ -827,18 +566,6 @@ def test_sink_signals_during_finalisation_do_not_lose_the_output(tmp_path, procs
 
 
 # -- `vidseg run`: a worker killed, a signal during start-up, the supervisor killed ---------------------------
-def _stage_pids(run: Proc, role: str) -> list[int]:
-    pids = []
-    for pid in children_of(run.pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 3 and argv[3] == role.encode():  # python -m vidseg ROLE ...
-            pids.append(pid)
-    return pids
-
-
 def test_run_with_a_worker_killed_ends_cleanly_with_a_valid_output(clip120, tmp_path, procs):
     """One of three workers killed under `vidseg run`: the run may carry on (exit 0, every frame) or stop
     with one line (exit 4); either way the output is valid, in order, with no partial file or process left."""
@@ -847,7 +574,7 @@ def test_run_with_a_worker_killed_ends_cleanly_with_a_valid_output(clip120, tmp_
                       "--masks", str(tmp_path / "masks"), *ALPHA, *null_model(100), *FAST)
     wait_until(lambda: masks_written(tmp_path) >= 15, alive=(run,), what="15 frames written")
     children = children_of(run.pid)
-    workers = _stage_pids(run, "worker")
+    workers = stage_pids(run, "worker")
     assert len(children) == 5 and len(workers) == 3, children
     os.kill(workers[0], signal.SIGKILL)
     rc = run.wait()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckpt_check import tsv_state, wrap
-from conftest import make_clip, vidseg
+from helpers import make_clip, vidseg
 from vidseg.runtimes.cache import cached_file
 
 pytest.importorskip("onnxruntime")

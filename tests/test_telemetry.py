@@ -13,54 +13,13 @@ import signal
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from fractions import Fraction
 
 import pytest
-
-from conftest import make_clip, probe
-from test_reliability import FAST, free_endpoint, null_model, one_line_error, procs, wait_until  # noqa: F401 - procs is a fixture
-
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import FAST, HANG, free_endpoint, free_ports, get, make_clip, null_model, one_line_error, probe, vidseg, wait_until
 from vidseg.stages.source import READ_AHEAD
-
-HANG = 90  # seconds: only a guard against a hang
-
-
-def free_ports(n: int) -> int:
-    """A base port with ``n`` consecutive ports free on 127.0.0.1 (run --metrics uses PORT..PORT+n-1)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no run of free ports found")
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """``(status, body)`` of GET http://127.0.0.1:port/path; (0, reason) when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except (urllib.error.URLError, ConnectionError, socket.timeout) as e:
-        return 0, str(e)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
@@ -210,8 +169,6 @@ def test_metrics_without_prometheus_client_names_the_extra(tmp_path, clip):
 
 
 def test_bad_or_busy_metrics_address_is_one_line(clip):
-    from conftest import vidseg
-
     r = vidseg("source", "--source", str(clip), "--metrics", "localhost:http")
     assert r.returncode == 2 and "is not HOST:PORT" in r.stderr and "Traceback" not in r.stderr
     with socket.socket() as s:

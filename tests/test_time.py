@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,20 +16,20 @@ import av
 import numpy as np
 import pytest
 
-from conftest import barcode_frame, make_clip, read_barcode
-from test_reliability import (  # noqa: F401 - procs is a fixture
+from helpers import (
     ALPHA,
+    BASE,
     FAST,
     HANG,
-    _MjpegServer,
+    MjpegServer,
+    barcode_frame,
+    make_clip,
     masks_written,
     no_partials,
     null_model,
-    procs,
+    read_barcode,
     wait_until,
 )
-
-BASE = [sys.executable, "-m", "vidseg"]
 
 
 def _tone(n: int, rate: int, start: int) -> np.ndarray:
@@ -172,7 +171,7 @@ def test_aac_audio_is_copied_not_transcoded(tmp_path):
 def test_an_mjpeg_stream_is_written_at_its_real_rate(tmp_path, procs):
     """MJPEG/RTSP were written at a fixed 25 fps: 35 s of a 10 fps stream became 13.7 s of video."""
     out = tmp_path / "out.mp4"
-    srv = _MjpegServer(fps=10)
+    srv = MjpegServer(fps=10)
     try:
         run = procs.start("run", "run", "--source", srv.url, "--output", str(out), "--masks", str(tmp_path / "masks"),
                           *ALPHA, *null_model(0), *FAST)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import vidseg
 from vidseg.config import ModelConfig
 from vidseg.errors import InputError
 from vidseg.scenes import CLASS_NAMES, PALETTE, SceneConfig, generate_scene
@@ -242,8 +243,6 @@ def test_user_folder_ignore_index(tmp_path):
 
 
 def test_cli_train_on_a_folder_with_more_classes(tmp_path):
-    from conftest import vidseg
-
     data = write_pairs(tmp_path / "data", n=2)
     m = cv2.imread(str(data / "masks" / "f0.png"), cv2.IMREAD_UNCHANGED)
     m[:2] = 18

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .errors import InputError
 from .zoo import ModelCard
 
+if TYPE_CHECKING:  # torch is imported where a tensor is made: importing this module stays cheap
+    import torch
+
 #: A forward pass: (B, 3, h, w) float input -> (B, C, h, w) logits, on the input's device.
-Forward = Callable[["torch.Tensor"], "torch.Tensor"]  # noqa: F821 - torch is imported lazily
+Forward = Callable[["torch.Tensor"], "torch.Tensor"]
 
 _INTERPOLATION_NAMES = {"bilinear": "OpenCV bilinear", "bilinear-aa": "PIL bilinear", "bicubic-aa": "PIL bicubic"}
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import vidseg.convert as conv
 from ckpt_check import CASES, model_cfg, source_state
-from conftest import vidseg
+from helpers import make_clip, vidseg
 from vidseg.cli import cli
 from vidseg.config import ModelConfig
 from vidseg.convert import convert, detect_and_convert, detect_format, import_checkpoint
@@ -113,8 +113,6 @@ def test_run_takes_output_stride_8_with_a_public_file_and_the_workers_get_it(fil
     """`vidseg run --weights <VainF file> --arch output_stride=8`: converted once at OS8 (recorded in the card the
     workers load), where 'weights import --output-stride 8' was the only way before; and the log says when
     --input-size makes the model run at another size than its source would."""
-    from conftest import make_clip
-
     clip = make_clip(tmp_path / "in.mp4", frames=2, width=64, height=48)
     r = vidseg("run", "--source", str(clip), "--weights", str(files(VAINF_MBV2)), "--arch", "output_stride=8",
                "--input-size", "32", "--masks", str(tmp_path / "m"), "--device", "cpu", "-v")

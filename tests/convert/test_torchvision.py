@@ -27,6 +27,7 @@ from ckpt_check import (
     tv_head,
     tv_resnet_plan,
 )
+from helpers import make_clip, probe, read_barcode, vidseg
 from vidseg.convert import convert
 from vidseg.errors import InputError
 
@@ -122,7 +123,6 @@ def test_torchvision_keep_aux_and_fixed_stride(files):
 def test_run_with_a_public_torchvision_file_end_to_end(files, tmp_path):
     """`vidseg run --weights <torchvision file>` as a user runs it: real stages, real sockets, a generated clip."""
     import cv2
-    from conftest import make_clip, probe, read_barcode, vidseg
 
     clip = make_clip(tmp_path / "in.mp4", frames=8)
     out, masks = tmp_path / "out.mp4", tmp_path / "masks"
