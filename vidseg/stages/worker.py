@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import zmq
 
 from ..config import AccessConfig, BatchConfig, CurveConfig, FlowConfig
 from ..errors import StageError, TransportError, WireError, short_reason
