@@ -205,6 +205,9 @@ class Segmenter:
         if self.backend is not None and self.plan.labels_only:
             # Class ids straight from the graph's own argmax: no logits cross into Python.
             labels = torch.from_numpy(self.backend.labels(x.contiguous().numpy()))
+        elif self.plan.labels_only and hasattr(self.model, "class_ids"):
+            # A model that answers with class ids itself (vidseg.nets.zero): no logits, no argmax.
+            labels = self.model.class_ids(x)
         else:
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -73,6 +73,11 @@ _REGISTRY: dict[str, ModelSpec] = {
             "null", "vidseg.nets.null:null", ("none",), "none",
             "no computation: fixed delay, class stripes (benchmarks)", params={"none": 0}, hidden=True,
         ),
+        ModelSpec(
+            "zero", "vidseg.nets.zero:zero", ("none",), "none",
+            "no per-frame cost: precomputed class bands, no argmax (vidseg bench --dataplane)", params={"none": 0},
+            hidden=True,
+        ),
     )
 }
 
