@@ -174,6 +174,33 @@ class AccessConfig:
     token: str | None = None
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``vidseg bench`` measures besides the model (:mod:`vidseg.bench`)."""
+
+    resolution: tuple[int, int] = (1280, 720)  # (width, height) of the generated clip
+    frames: int = 150  # frames of the clip each measurement runs over
+    dataplane: bool = False  # the zero model, against decode-only and a plain transcode
+    json: str = "vidseg-bench.json"  # the report, written under a temporary name and renamed
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        w, h = self.resolution
+        if not (16 <= w <= 8192 and 16 <= h <= 8192) or w % 2 or h % 2:
+            raise InputError(f"--resolution {w}x{h} is not usable: both sides even, from 16 to 8192 (e.g. 1280x720)")
+        if not 4 <= self.frames <= 100000:
+            raise InputError(f"--frames {self.frames} is out of range: from 4 (steady state needs two clip lengths) "
+                             "to 100000")
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    """``"1280x720"`` -> ``(1280, 720)`` (width x height); a one-line error otherwise."""
+    w, sep, h = str(value).lower().partition("x")
+    if not (sep and w.strip().isdigit() and h.strip().isdigit()):
+        raise InputError(f"--resolution {value!r} is not WIDTHxHEIGHT; use e.g. 1280x720 or 1920x1080")
+    return int(w), int(h)
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a TOML pipeline recipe into a flat dict keyed like Click params."""
     import tomllib

@@ -4,6 +4,7 @@
 ``run``      run (the three stages as supervised processes) and eval (mIoU through the pipeline)
 ``train``    train
 ``tools``    models, weights import, export, keys
+``bench``    bench (the machine's throughput, model alone and end to end)
 
 Modules import only Click at load time, so ``vidseg --help`` answers at once;
 each command imports what it needs when it runs. Any VidsegError becomes one
@@ -46,10 +47,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import run, stages, tools, train
+    from . import bench, run, stages, tools, train
 
     for cmd in (run.run, stages.source, stages.worker, stages.sink, run.eval_, train.train, tools.models,
-                tools.weights, tools.export, tools.keys):
+                tools.weights, tools.export, tools.keys, bench.bench):
         cli.add_command(cmd)
 
 

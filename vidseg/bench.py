@@ -1,0 +1,378 @@
+"""``vidseg bench``: what this machine and device do, each figure beside its baseline measured in the same run.
+
+On a clip generated here (:mod:`vidseg.scenes` rendered at the chosen
+resolution, written by :func:`vidseg.media.encode.write_clip`):
+
+* default: the chosen model alone (the network's forward on a prepared batch,
+  and the worker's whole path: prepare, forward, argmax, resize), then
+  ``vidseg run`` end to end, masks only and with video output, each as a
+  ratio to the model alone;
+* ``dataplane``: the ``zero`` model (no per-frame cost, :mod:`vidseg.nets.zero`),
+  masks only against decoding the same clip alone (PyAV to bgr24, as the
+  source decodes) and video output against a plain transcode of it (PyAV
+  decode + libx264 with the sink's preset and crf, no colour conversion).
+
+Steady state: the model is timed after two warm-up batches. A pipeline run
+pays a start-up (processes, model load, warm-up) and a drain that a frame
+rate must not include, so each configuration runs twice, on the clip and on
+its first quarter (the same frames), and its rate is the frame difference over
+the time difference: start-up and drain cancel. Where the two times are too
+close to tell apart (tiny clips), the whole long run is used and the report
+says so. The baselines run in-process over the whole clip (their start-up is
+milliseconds).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+from .config import BatchConfig, BenchConfig, ModelConfig, OutputConfig
+from .errors import InputError, StageError
+
+__all__ = ["Figure", "Comparison", "BenchReport", "run_bench", "format_table"]
+
+Progress = Callable[[str], None]
+FPS = 25
+#: Batches run before the model is timed (allocator, oneDNN/cuDNN kernel choice, caches).
+WARM_UP_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured throughput: ``frames`` in ``seconds`` (steady state), and how it was measured."""
+
+    name: str
+    what: str
+    frames: int
+    seconds: float
+    method: str
+    startup_s: float | None = None  # a pipeline's start-up and drain, measured in the same run
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def ms_per_frame(self) -> float:
+        return 1000.0 * self.seconds / self.frames
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "fps": self.fps, "ms_per_frame": self.ms_per_frame}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``figure`` against ``baseline``: the ratio of their frame rates (1.0: as fast as the baseline)."""
+
+    figure: str
+    baseline: str
+    ratio: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    settings: dict
+    machine: dict
+    figures: dict[str, Figure]
+    comparisons: list[Comparison]
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "machine": self.machine,
+                "figures": {k: f.to_dict() for k, f in self.figures.items()},
+                "comparisons": [dataclasses.asdict(c) for c in self.comparisons]}
+
+
+# --------------------------------------------------------------------------- the clip
+
+
+def make_clip(path: Path, frames: int, width: int, height: int) -> Path:
+    """A generated scene (textured background, moving objects, noise: H.264 works for its bits) as an MP4."""
+    from .media.encode import write_clip
+    from .scenes import SceneConfig, generate_scene
+
+    cfg = SceneConfig(width=width, height=height, num_frames=frames, fps=FPS, class_hues=True)
+    write_clip(path, (frame for frame, _mask in generate_scene(cfg)), fps=Fraction(FPS), exact_yuv=False)
+    return path
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def decode_only(clip: Path) -> tuple[int, float]:
+    """Decode ``clip`` to bgr24 frames as the source does (PyAV, threaded decoding); ``(frames, seconds)``."""
+    import av
+
+    with av.open(str(clip)) as c:
+        v = c.streams.video[0]
+        v.thread_type = "AUTO"
+        n, t0 = 0, time.perf_counter()
+        for frame in c.decode(v):
+            frame.to_ndarray(format="bgr24")
+            n += 1
+        return n, time.perf_counter() - t0
+
+
+def transcode(clip: Path, out: Path, out_cfg: OutputConfig = OutputConfig()) -> tuple[int, float]:
+    """What ffmpeg does for ``-c:v libx264``: decode, encode the decoder's yuv420p as it is; ``(frames, seconds)``.
+
+    The encoder's options are the sink's (:class:`vidseg.media.encode.VideoWriter`: crf, preset, no
+    B-frames, x264's own thread count), so the only difference left is the pipeline's own work.
+    """
+    import av
+
+    with av.open(str(clip)) as src, av.open(str(out), "w", format="mp4") as dst:
+        v = src.streams.video[0]
+        v.thread_type = "AUTO"
+        enc = dst.add_stream("libx264", rate=Fraction(FPS))
+        enc.width, enc.height, enc.pix_fmt = v.codec_context.width, v.codec_context.height, "yuv420p"
+        enc.options = {"crf": str(out_cfg.crf), "preset": out_cfg.preset, "bf": "0"}
+        n, t0 = 0, time.perf_counter()
+        for frame in src.decode(v):
+            frame.pts, frame.time_base = n, Fraction(1, FPS)
+            dst.mux(enc.encode(frame))
+            n += 1
+        dst.mux(enc.encode(None))
+    return n, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- the model alone
+
+
+def first_frame(clip: Path):
+    import av
+
+    with av.open(str(clip)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="bgr24")
+
+
+def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Progress) -> tuple[Figure, Figure, str]:
+    """The network's forward on a prepared batch, and the worker's whole path (:class:`~vidseg.predictor.Segmenter`).
+
+    Both run ``frames`` frames (rounded up to whole batches) of the clip's first frame after
+    :data:`WARM_UP_BATCHES` batches. Returns the two figures and the model in words.
+    """
+    import torch
+
+    from .geometry import layout, prepare, slide, to_batch
+    from .predictor import Segmenter
+    from .runtimes import load_engine
+
+    card, net = load_engine(mcfg)
+    seg = Segmenter(net, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
+                    inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
+                    max_batch=batch)
+    words = f"{card.name}: {seg.runs_on()}, input {seg.describe()}, batch {batch}"
+    frames_in = [frame] * batch
+    steps = math.ceil(frames / batch)
+    sync = torch.cuda.synchronize if seg.cuda else (lambda: None)
+
+    # The network's input as the Segmenter prepares it (the card's resize, channel order, normalisation).
+    plan, lay = seg.plan, layout(*frame.shape[:2], seg.plan)
+    a, b = (torch.as_tensor(v, device=seg.device) for v in card.preprocess.affine())
+    with torch.inference_mode():
+        x = prepare(to_batch(frames_in).to(seg.device), lay, plan, a, b, card.preprocess.channel_order == "RGB",
+                    seg.dtype)
+        if seg.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def forward():  # every pass the plan runs: sliding windows, the flipped pass
+            for flipped in ([False, True] if plan.flip else [False]):
+                xi = x.flip(-1) if flipped else x
+                seg.model(xi) if plan.inference == "whole" else slide(seg.model, xi, plan.crop, plan.stride,
+                                                                       plan.pad_crops)
+
+        progress(f"model alone: {words}, {steps} batches after {WARM_UP_BATCHES} warm-up")
+        net_s = _timed(forward, steps, sync)
+    seg_s = _timed(lambda: seg(frames_in), steps, sync)
+    n = steps * batch
+    how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches"
+    return (Figure("model_only", "model alone: the network's forward on a prepared batch", n, net_s, how),
+            Figure("worker_path", "worker path: prepare + forward + class ids at frame size", n, seg_s, how),
+            words)
+
+
+def _timed(fn: Callable[[], object], steps: int, sync: Callable[[], None]) -> float:
+    for _ in range(WARM_UP_BATCHES):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def pipeline_seconds(clip: Path, args: list[str], out: list[str], timeout: float) -> float:
+    """Wall time of ``vidseg run`` on ``clip`` (real processes) writing ``out``; a StageError if it fails."""
+    cmd = [sys.executable, "-m", "vidseg", "run", "--source", str(clip), *args, *out, "--no-progress", "--no-preview"]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StageError(f"vidseg run did not finish {clip.name} within {timeout:.0f} s; try fewer --frames") from None
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        raise StageError(f"vidseg run failed (exit {r.returncode}): {lines[-1] if lines else 'no message'}")
+    return seconds
+
+
+def steady_pipeline(name: str, what: str, clips: tuple[tuple[Path, int], tuple[Path, int]], args: list[str],
+                    output: Callable[[Path], list[str]], work: Path, timeout: float, progress: Progress) -> Figure:
+    """``vidseg run`` on the short and the long clip: the rate from their differences (start-up cancels)."""
+    times = []
+    for i, (clip, n) in enumerate(clips):
+        progress(f"{what}: vidseg run over {n} frames")
+        times.append(pipeline_seconds(clip, args, output(work / f"{name}-{i}"), timeout))
+    (_, short), (_, long) = clips
+    dn, dt = long - short, times[1] - times[0]
+    if dt > 0 and dn > 0 and dt < times[1]:
+        startup = times[1] - long * dt / dn
+        return Figure(name, what, dn, dt, f"({long} - {short} frames) / (run times {times[1]:.2f} - {times[0]:.2f} s):"
+                      " start-up and drain cancel", startup_s=startup)
+    return Figure(name, what, long, times[1], f"whole run of {long} frames, start-up included: the {short}-frame run "
+                  f"took {times[0]:.2f} s against {times[1]:.2f} s, too close to tell start-up apart")
+
+
+# --------------------------------------------------------------------------- the whole bench
+
+
+def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress: Progress = lambda s: None,
+              ) -> BenchReport:
+    """Measure everything ``cfg`` asks for and write the JSON report (atomically); returns the report."""
+    from .launch import to_args
+    from .outputs import check_json_path
+
+    check_json_path(cfg.json, cfg.overwrite)  # before any work
+    if cfg.dataplane:
+        if mcfg.model not in (None, "zero") or mcfg.weights:
+            raise InputError("--dataplane measures with the zero-cost model; drop --model/--weights, or drop "
+                             "--dataplane to measure your model")
+        mcfg = dataclasses.replace(mcfg, model="zero")
+    elif mcfg.model is None and mcfg.weights is None:
+        from .zoo import demo_model
+
+        mcfg = dataclasses.replace(mcfg, model=demo_model())  # what `vidseg run` runs on its demo clip
+    from .runtimes import check
+
+    check(mcfg, mcfg.device)  # a device, precision or runtime this machine lacks: one line, before any work
+    w, h = cfg.resolution
+    short = max(1, cfg.frames // 4)
+    figures: dict[str, Figure] = {}
+    comparisons: list[Comparison] = []
+    words = "zero-cost model (vidseg.nets.zero)"
+    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+        work = Path(tmp)
+        progress(f"generating a {w}x{h} clip of {cfg.frames} frames (and its first {short})")
+        long_clip = make_clip(work / "clip.mp4", cfg.frames, w, h)
+        short_clip = make_clip(work / "clip-short.mp4", short, w, h)
+        clips = ((short_clip, short), (long_clip, cfg.frames))
+        per_frame = 0.05  # seconds; bounds the pipeline runs' timeout, from the model's own time once measured
+        if cfg.dataplane:
+            progress("decode only: PyAV to bgr24")
+            n, s = decode_only(long_clip)
+            figures["decode"] = Figure("decode", "decode only (PyAV, bgr24, as the source)", n, s, "whole clip")
+            progress("transcode: PyAV decode + libx264")
+            n, s = transcode(long_clip, work / "transcode.mp4")
+            oc = OutputConfig()
+            figures["transcode"] = Figure("transcode", f"transcode (PyAV decode + libx264 {oc.preset} crf {oc.crf})",
+                                          n, s, "whole clip")
+        else:
+            net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress)
+            figures[net.name], figures[path.name] = net, path
+            per_frame = max(per_frame, path.seconds / path.frames)
+        args = to_args(mcfg) + to_args(batch)
+        timeout = 300 + 20 * cfg.frames * per_frame
+        figures["masks"] = steady_pipeline("masks", "pipeline, masks only (--masks)", clips, args,
+                                           lambda p: ["--masks", str(p)], work, timeout, progress)
+        figures["video"] = steady_pipeline("video", "pipeline, video output (--output)", clips, args,
+                                           lambda p: ["--output", str(p) + ".mp4"], work, timeout, progress)
+    pairs = ([("masks", "decode"), ("video", "transcode")] if cfg.dataplane
+             else [("worker_path", "model_only"), ("masks", "model_only"), ("video", "model_only")])
+    comparisons = [Comparison(a, b, figures[a].fps / figures[b].fps) for a, b in pairs]
+    report = BenchReport(settings=_settings(cfg, mcfg, batch, words), machine=_machine(mcfg), figures=figures,
+                         comparisons=comparisons)
+    write_json(cfg.json, report.to_dict())
+    return report
+
+
+def _settings(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, words: str) -> dict:
+    w, h = cfg.resolution
+    return {"resolution": f"{w}x{h}", "frames": cfg.frames, "dataplane": cfg.dataplane, "model": words,
+            "model_config": {k: v for k, v in dataclasses.asdict(mcfg).items() if v not in (None, ())},
+            "batch": batch.batch, "output": {"crf": OutputConfig.crf, "preset": OutputConfig.preset}}
+
+
+def _machine(mcfg: ModelConfig) -> dict:
+    import av
+    import torch
+
+    from . import __version__
+
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "vidseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "pyav": av.__version__, "device": mcfg.device}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def write_json(path: str, data: dict) -> None:
+    """``data`` as JSON at ``path``: written under a temporary name in the same folder, then renamed."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_table(report: BenchReport) -> str:
+    """Each figure with its frame rate and time per frame; each comparison as figure, baseline and ratio."""
+    f = report.figures
+    rows = [("measured", "frames/s", "ms/frame", "how")]
+    rows += [(x.what, f"{x.fps:.1f}", f"{x.ms_per_frame:.2f}", x.method
+              + (f"; start-up + drain {x.startup_s:.2f} s" if x.startup_s is not None else "")) for x in f.values()]
+    cmp = [("figure", "frames/s", "baseline", "frames/s", "ratio")]
+    cmp += [(f[c.figure].what, f"{f[c.figure].fps:.1f}", f[c.baseline].what, f"{f[c.baseline].fps:.1f}",
+             f"{c.ratio:.2f}") for c in report.comparisons]
+    s = report.settings
+    head = f"vidseg bench: {s['resolution']}, {s['frames']} frames, {s['model']}"
+    return "\n".join([head, "", _grid(rows), "", _grid(cmp)])
+
+
+def _grid(rows: list[tuple[str, ...]]) -> str:
+    """Plain aligned columns: numbers to the right, words to the left, a rule under the header."""
+    def numeric(c: str) -> bool:
+        try:
+            float(c)
+            return True
+        except ValueError:
+            return False
+
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(wd) if numeric(c) else c.ljust(wd) for c, wd in zip(r, widths)).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * wd for wd in widths))
+    return "\n".join(lines)

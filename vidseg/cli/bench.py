@@ -1,0 +1,37 @@
+"""``vidseg bench``: this machine's throughput, model alone and pipeline end to end (:mod:`vidseg.bench`)."""
+from __future__ import annotations
+
+import click
+
+from ..config import BenchConfig
+from .options import batch_options, model_options
+
+
+@click.command()
+@click.option("--resolution", default="{}x{}".format(*BenchConfig.resolution), show_default=True, metavar="WxH",
+              help="Size of the generated clip.")
+@click.option("--frames", type=int, default=BenchConfig.frames, show_default=True,
+              help="Frames of the clip (the pipeline also runs its first quarter: steady state from the difference).")
+@click.option("--dataplane", is_flag=True, help="Measure the data plane: the zero-cost model, masks only against "
+              "decode-only and video output against a plain transcode of the same clip.")
+@model_options
+@batch_options
+@click.option("--json", "json_path", default=BenchConfig.json, show_default=True, metavar="FILE.json",
+              help="Write the figures as JSON here.")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace an existing --json file.")
+def bench(resolution: str, frames: int, dataplane: bool, json_path: str, overwrite: bool, **kw) -> None:
+    """Measure the model alone and `vidseg run` end to end on a generated clip; print a table, write JSON.
+
+    Every figure is measured in this run, beside its baseline, in steady state.
+    Progress goes to stderr, the table to stdout.
+    """
+    from ..bench import format_table, run_bench
+    from ..config import BatchConfig, ModelConfig, parse_resolution
+    from .options import config_of
+
+    cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, dataplane=dataplane, json=json_path,
+                      overwrite=overwrite)
+    report = run_bench(cfg, config_of(ModelConfig, kw), config_of(BatchConfig, kw),
+                       progress=lambda line: click.echo(f"[bench] {line}", err=True))
+    click.echo(format_table(report))
+    click.echo(f"\nwritten: {cfg.json}")
