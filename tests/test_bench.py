@@ -20,7 +20,7 @@ from vidseg.nets.zero import band_labels
 from vidseg.predictor import Segmenter
 from vidseg.zoo import build_from_card, resolve_card
 
-SMALL = ["--resolution", "160x96", "--frames", "8"]
+SMALL = ["--resolution", "160x96", "--frames", "8", "--repeat", "1"]
 
 
 # --------------------------------------------------------------------------- the zero model
@@ -111,6 +111,7 @@ def test_bench_dataplane_compares_with_decoding_and_transcoding_the_same_clip(tm
     (["--resolution", "720p"], "--resolution '720p' is not WIDTHxHEIGHT"),
     (["--resolution", "161x96"], "both sides even"),
     (["--frames", "2"], "--frames 2 is out of range"),
+    (["--repeat", "0"], "--repeat 0 is out of range"),
     (["--dataplane", "--model", "ccnet"], "--dataplane measures with the zero-cost model"),
     (["--device", "tpu"], "device 'tpu' is not valid"),
 ])

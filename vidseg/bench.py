@@ -16,7 +16,9 @@ Steady state: the model is timed after two warm-up batches. A pipeline run
 pays a start-up (processes, model load, warm-up) and a drain that a frame
 rate must not include, so each configuration runs twice, on the clip and on
 its first quarter (the same frames), and its rate is the frame difference over
-the time difference: start-up and drain cancel. Where the two times are too
+the time difference: start-up and drain cancel. Each length runs ``repeat``
+times and keeps its fastest run (other work on the machine only adds time);
+so do the model's timing and the baselines. Where the two times are too
 close to tell apart (tiny clips), the whole long run is used and the report
 says so. The baselines run in-process over the whole clip (their start-up is
 milliseconds).
@@ -157,11 +159,13 @@ def first_frame(clip: Path):
         return next(c.decode(video=0)).to_ndarray(format="bgr24")
 
 
-def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Progress) -> tuple[Figure, Figure, str]:
+def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Progress,
+               repeat: int = 1) -> tuple[Figure, Figure, str]:
     """The network's forward on a prepared batch, and the worker's whole path (:class:`~vidseg.predictor.Segmenter`).
 
     Both run ``frames`` frames (rounded up to whole batches) of the clip's first frame after
-    :data:`WARM_UP_BATCHES` batches. Returns the two figures and the model in words.
+    :data:`WARM_UP_BATCHES` batches, each the fastest of ``repeat`` rounds. Returns the two figures and
+    the model in words.
     """
     import torch
 
@@ -194,24 +198,34 @@ def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Prog
                                                                        plan.pad_crops)
 
         progress(f"model alone: {words}, {steps} batches after {WARM_UP_BATCHES} warm-up")
-        net_s = _timed(forward, steps, sync)
-    seg_s = _timed(lambda: seg(frames_in), steps, sync)
+        net_s = _timed(forward, steps, sync, repeat)
+    seg_s = _timed(lambda: seg(frames_in), steps, sync, repeat)
     n = steps * batch
-    how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches"
+    how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches" + (
+        f", fastest of {repeat}" if repeat > 1 else "")
     return (Figure("model_only", "model alone: the network's forward on a prepared batch", n, net_s, how),
             Figure("worker_path", "worker path: prepare + forward + class ids at frame size", n, seg_s, how),
             words)
 
 
-def _timed(fn: Callable[[], object], steps: int, sync: Callable[[], None]) -> float:
+def _timed(fn: Callable[[], object], steps: int, sync: Callable[[], None], repeat: int) -> float:
+    """Seconds for ``steps`` calls after the warm-up: the fastest of ``repeat`` rounds."""
     for _ in range(WARM_UP_BATCHES):
         fn()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return time.perf_counter() - t0
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fastest(measure: Callable[[], tuple[int, float]], repeat: int) -> tuple[int, float]:
+    """``(frames, seconds)`` of the fastest of ``repeat`` runs of ``measure``."""
+    return min((measure() for _ in range(repeat)), key=lambda r: r[1])
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -233,18 +247,26 @@ def pipeline_seconds(clip: Path, args: list[str], out: list[str], timeout: float
 
 
 def steady_pipeline(name: str, what: str, clips: tuple[tuple[Path, int], tuple[Path, int]], args: list[str],
-                    output: Callable[[Path], list[str]], work: Path, timeout: float, progress: Progress) -> Figure:
-    """``vidseg run`` on the short and the long clip: the rate from their differences (start-up cancels)."""
-    times = []
-    for i, (clip, n) in enumerate(clips):
-        progress(f"{what}: vidseg run over {n} frames")
-        times.append(pipeline_seconds(clip, args, output(work / f"{name}-{i}"), timeout))
+                    output: Callable[[Path], list[str]], work: Path, timeout: float, progress: Progress,
+                    repeat: int = 1) -> Figure:
+    """``vidseg run`` on the short and the long clip: the rate from their differences (start-up cancels).
+
+    Each length runs ``repeat`` times, alternating, and keeps its fastest run: other work on the machine
+    only ever adds time.
+    """
+    runs: list[list[float]] = [[], []]
+    for r in range(repeat):
+        for i, (clip, n) in enumerate(clips):
+            progress(f"{what}: vidseg run over {n} frames" + (f" ({r + 1} of {repeat})" if repeat > 1 else ""))
+            runs[i].append(pipeline_seconds(clip, args, output(work / f"{name}-{i}-{r}"), timeout))
+    times = [min(t) for t in runs]
     (_, short), (_, long) = clips
     dn, dt = long - short, times[1] - times[0]
     if dt > 0 and dn > 0 and dt < times[1]:
         startup = times[1] - long * dt / dn
-        return Figure(name, what, dn, dt, f"({long} - {short} frames) / (run times {times[1]:.2f} - {times[0]:.2f} s):"
-                      " start-up and drain cancel", startup_s=startup)
+        best = f"fastest of {repeat} " if repeat > 1 else ""
+        return Figure(name, what, dn, dt, f"({long} - {short} frames) / ({best}run times {times[1]:.2f} - "
+                      f"{times[0]:.2f} s): start-up and drain cancel", startup_s=startup)
     return Figure(name, what, long, times[1], f"whole run of {long} frames, start-up included: the {short}-frame run "
                   f"took {times[0]:.2f} s against {times[1]:.2f} s, too close to tell start-up apart")
 
@@ -285,23 +307,25 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
         per_frame = 0.05  # seconds; bounds the pipeline runs' timeout, from the model's own time once measured
         if cfg.dataplane:
             progress("decode only: PyAV to bgr24")
-            n, s = decode_only(long_clip)
-            figures["decode"] = Figure("decode", "decode only (PyAV, bgr24, as the source)", n, s, "whole clip")
+            whole = "whole clip" + (f", fastest of {cfg.repeat}" if cfg.repeat > 1 else "")
+            n, s = fastest(lambda: decode_only(long_clip), cfg.repeat)
+            figures["decode"] = Figure("decode", "decode only (PyAV, bgr24, as the source)", n, s, whole)
             progress("transcode: PyAV decode + libx264")
-            n, s = transcode(long_clip, work / "transcode.mp4")
+            n, s = fastest(lambda: transcode(long_clip, work / "transcode.mp4"), cfg.repeat)
             oc = OutputConfig()
             figures["transcode"] = Figure("transcode", f"transcode (PyAV decode + libx264 {oc.preset} crf {oc.crf})",
-                                          n, s, "whole clip")
+                                          n, s, whole)
         else:
-            net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress)
+            net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress, cfg.repeat)
             figures[net.name], figures[path.name] = net, path
             per_frame = max(per_frame, path.seconds / path.frames)
         args = to_args(mcfg) + to_args(batch)
         timeout = 300 + 20 * cfg.frames * per_frame
         figures["masks"] = steady_pipeline("masks", "pipeline, masks only (--masks)", clips, args,
-                                           lambda p: ["--masks", str(p)], work, timeout, progress)
+                                           lambda p: ["--masks", str(p)], work, timeout, progress, cfg.repeat)
         figures["video"] = steady_pipeline("video", "pipeline, video output (--output)", clips, args,
-                                           lambda p: ["--output", str(p) + ".mp4"], work, timeout, progress)
+                                           lambda p: ["--output", str(p) + ".mp4"], work, timeout, progress,
+                                           cfg.repeat)
     pairs = ([("masks", "decode"), ("video", "transcode")] if cfg.dataplane
              else [("worker_path", "model_only"), ("masks", "model_only"), ("video", "model_only")])
     comparisons = [Comparison(a, b, figures[a].fps / figures[b].fps) for a, b in pairs]
@@ -313,7 +337,8 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
 
 def _settings(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, words: str) -> dict:
     w, h = cfg.resolution
-    return {"resolution": f"{w}x{h}", "frames": cfg.frames, "dataplane": cfg.dataplane, "model": words,
+    return {"resolution": f"{w}x{h}", "frames": cfg.frames, "repeat": cfg.repeat, "dataplane": cfg.dataplane,
+            "model": words,
             "model_config": {k: v for k, v in dataclasses.asdict(mcfg).items() if v not in (None, ())},
             "batch": batch.batch, "output": {"crf": OutputConfig.crf, "preset": OutputConfig.preset}}
 
@@ -327,7 +352,9 @@ def _machine(mcfg: ModelConfig) -> dict:
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "vidseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "pyav": av.__version__, "device": mcfg.device}
+            "pyav": av.__version__, "device": mcfg.device,
+            # Other work on the machine skews every figure: the 1-minute load when the report was made says how much.
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

@@ -180,6 +180,7 @@ class BenchConfig:
 
     resolution: tuple[int, int] = (1280, 720)  # (width, height) of the generated clip
     frames: int = 150  # frames of the clip each measurement runs over
+    repeat: int = 2  # runs of each pipeline measurement; the fastest is kept
     dataplane: bool = False  # the zero model, against decode-only and a plain transcode
     json: str = "vidseg-bench.json"  # the report, written under a temporary name and renamed
     overwrite: bool = False
@@ -191,6 +192,8 @@ class BenchConfig:
         if not 4 <= self.frames <= 100000:
             raise InputError(f"--frames {self.frames} is out of range: from 4 (steady state needs two clip lengths) "
                              "to 100000")
+        if not 1 <= self.repeat <= 20:
+            raise InputError(f"--repeat {self.repeat} is out of range: from 1 to 20")
 
 
 def parse_resolution(value: str) -> tuple[int, int]:

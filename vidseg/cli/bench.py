@@ -12,6 +12,8 @@ from .options import batch_options, model_options
               help="Size of the generated clip.")
 @click.option("--frames", type=int, default=BenchConfig.frames, show_default=True,
               help="Frames of the clip (the pipeline also runs its first quarter: steady state from the difference).")
+@click.option("--repeat", type=int, default=BenchConfig.repeat, show_default=True,
+              help="Runs of each pipeline measurement; the fastest is kept (other work on the machine only adds time).")
 @click.option("--dataplane", is_flag=True, help="Measure the data plane: the zero-cost model, masks only against "
               "decode-only and video output against a plain transcode of the same clip.")
 @model_options
@@ -19,7 +21,7 @@ from .options import batch_options, model_options
 @click.option("--json", "json_path", default=BenchConfig.json, show_default=True, metavar="FILE.json",
               help="Write the figures as JSON here.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace an existing --json file.")
-def bench(resolution: str, frames: int, dataplane: bool, json_path: str, overwrite: bool, **kw) -> None:
+def bench(resolution: str, frames: int, repeat: int, dataplane: bool, json_path: str, overwrite: bool, **kw) -> None:
     """Measure the model alone and `vidseg run` end to end on a generated clip; print a table, write JSON.
 
     Every figure is measured in this run, beside its baseline, in steady state.
@@ -29,7 +31,7 @@ def bench(resolution: str, frames: int, dataplane: bool, json_path: str, overwri
     from ..config import BatchConfig, ModelConfig, parse_resolution
     from .options import config_of
 
-    cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, dataplane=dataplane, json=json_path,
+    cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, repeat=repeat, dataplane=dataplane, json=json_path,
                       overwrite=overwrite)
     report = run_bench(cfg, config_of(ModelConfig, kw), config_of(BatchConfig, kw),
                        progress=lambda line: click.echo(f"[bench] {line}", err=True))
