@@ -130,16 +130,19 @@ def transcode(clip: Path, out: Path, out_cfg: OutputConfig = OutputConfig()) -> 
     """What ffmpeg does for ``-c:v libx264``: decode, encode the decoder's yuv420p as it is; ``(frames, seconds)``.
 
     The encoder's options are the sink's (:class:`vidseg.media.encode.VideoWriter`: crf, preset, no
-    B-frames, x264's own thread count), so the only difference left is the pipeline's own work.
+    B-frames, x264 threads = the CPUs this process may use), so the only difference left is the
+    pipeline's own work.
     """
     import av
+
+    from .media.encode import encoder_threads
 
     with av.open(str(clip)) as src, av.open(str(out), "w", format="mp4") as dst:
         v = src.streams.video[0]
         v.thread_type = "AUTO"
         enc = dst.add_stream("libx264", rate=Fraction(FPS))
         enc.width, enc.height, enc.pix_fmt = v.codec_context.width, v.codec_context.height, "yuv420p"
-        enc.options = {"crf": str(out_cfg.crf), "preset": out_cfg.preset, "bf": "0"}
+        enc.options = {"crf": str(out_cfg.crf), "preset": out_cfg.preset, "bf": "0", "threads": str(encoder_threads())}
         n, t0 = 0, time.perf_counter()
         for frame in src.decode(v):
             frame.pts, frame.time_base = n, Fraction(1, FPS)
@@ -312,9 +315,11 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
             figures["decode"] = Figure("decode", "decode only (PyAV, bgr24, as the source)", n, s, whole)
             progress("transcode: PyAV decode + libx264")
             n, s = fastest(lambda: transcode(long_clip, work / "transcode.mp4"), cfg.repeat)
+            from .media.encode import encoder_threads
+
             oc = OutputConfig()
-            figures["transcode"] = Figure("transcode", f"transcode (PyAV decode + libx264 {oc.preset} crf {oc.crf})",
-                                          n, s, whole)
+            figures["transcode"] = Figure("transcode", f"transcode (PyAV decode + libx264 {oc.preset} crf {oc.crf}, "
+                                          f"{encoder_threads()} threads)", n, s, whole)
         else:
             net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress, cfg.repeat)
             figures[net.name], figures[path.name] = net, path
