@@ -4,7 +4,7 @@ On a clip generated here (:mod:`vidseg.scenes` rendered at the chosen
 resolution, written by :func:`vidseg.media.encode.write_clip`):
 
 * default: the chosen model alone (the network's forward on a prepared batch,
-  and the worker's whole path: prepare, forward, argmax, resize), then
+  and the worker's whole path: prepare, forward, class ids as it sends them), then
   ``vidseg run`` end to end, masks only and with video output, each as a
   ratio to the model alone;
 * ``dataplane``: the ``zero`` model (no per-frame cost, :mod:`vidseg.nets.zero`),
@@ -179,7 +179,7 @@ def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Prog
     card, net = load_engine(mcfg)
     seg = Segmenter(net, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                     inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
-                    max_batch=batch)
+                    max_batch=batch, full_size=False)  # as the worker runs it: the sink resizes the ids
     words = f"{card.name}: {seg.runs_on()}, input {seg.describe()}, batch {batch}"
     frames_in = [frame] * batch
     steps = math.ceil(frames / batch)
@@ -207,7 +207,7 @@ def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Prog
     how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches" + (
         f", fastest of {repeat}" if repeat > 1 else "")
     return (Figure("model_only", "model alone: the network's forward on a prepared batch", n, net_s, how),
-            Figure("worker_path", "worker path: prepare + forward + class ids at frame size", n, seg_s, how),
+            Figure("worker_path", "worker path: prepare + forward + class ids (as sent)", n, seg_s, how),
             words)
 
 
