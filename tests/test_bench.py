@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, vidseg
-from test_reliability import one_line_error
+from helpers import TINY, no_partials, one_line_error, vidseg
 
 from vidseg.config import ModelConfig
 from vidseg.geometry import layout, resize_labels
@@ -66,7 +65,7 @@ def test_segmenter_returns_the_zero_models_labels_resized_by_the_nearest_rule(fu
 def _report(tmp_path, r) -> dict:
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "[bench] generating a 160x96 clip" in r.stderr  # progress while it runs
-    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]  # written under a temporary name
+    assert no_partials(tmp_path) == []  # written under a temporary name, then renamed
     report = json.loads((tmp_path / "b.json").read_text())
     figures = report["figures"]
     for f in figures.values():
