@@ -13,7 +13,7 @@ from .options import batch_options, model_options
 @click.option("--frames", type=int, default=BenchConfig.frames, show_default=True,
               help="Frames of the clip (the pipeline also runs its first quarter: steady state from the difference).")
 @click.option("--repeat", type=int, default=BenchConfig.repeat, show_default=True,
-              help="Runs of each pipeline measurement; the fastest is kept (other work on the machine only adds time).")
+              help="Runs of each measurement (model, baselines, pipeline); the fastest is kept (other work on the machine only adds time). Without --model or --weights the model is the demo model, as `vidseg run` on its demo clip.")
 @click.option("--dataplane", is_flag=True, help="Measure the data plane: the zero-cost model, masks only against "
               "decode-only and video output against a plain transcode of the same clip.")
 @model_options
