@@ -13,7 +13,7 @@ from .options import batch_options, model_options
 @click.option("--frames", type=int, default=BenchConfig.frames, show_default=True,
               help="Frames of the clip (the pipeline also runs its first quarter: steady state from the difference).")
 @click.option("--repeat", type=int, default=BenchConfig.repeat, show_default=True,
-              help="Runs of each measurement (model, baselines, pipeline); the fastest is kept (other work on the machine only adds time). Without --model or --weights the model is the demo model, as `vidseg run` on its demo clip.")
+              help="Runs of each measurement (model, baselines, pipeline); the fastest is kept (other work on the machine only adds time).")
 @click.option("--dataplane", is_flag=True, help="Measure the data plane: the zero-cost model, masks only against "
               "decode-only and video output against a plain transcode of the same clip.")
 @model_options
@@ -25,7 +25,8 @@ def bench(resolution: str, frames: int, repeat: int, dataplane: bool, json_path:
     """Measure the model alone and `vidseg run` end to end on a generated clip; print a table, write JSON.
 
     Every figure is measured in this run, beside its baseline, in steady state.
-    Progress goes to stderr, the table to stdout.
+    Progress goes to stderr, the table to stdout. Without --model or --weights the model is the
+    demo model, as `vidseg run` runs on its demo clip.
     """
     from ..bench import format_table, run_bench
     from ..config import BatchConfig, ModelConfig, parse_resolution
