@@ -97,7 +97,7 @@ class Watcher(threading.Thread):
 def start(config: str, clip: Path, tmp: Path, model_args: list[str], tag: str):
     """Start ``vidseg run`` in ``config`` with its watchers; returns (process, watchers, stderr file)."""
     out = tmp / f"o-{tag}.mp4"
-    args = [sys.executable, "-m", "vidseg", "run", "--source", str(clip), "--output", str(out), "--no-progress",
+    args = [sys.executable, "-m", "vidseg", "run", "--source", str(clip), "--output", str(out), "--overwrite", "--no-progress",
             "--device", "cpu", *model_args]
     watchers = []
     if config in ("metrics", "both"):

@@ -97,8 +97,9 @@ def test_bench_measures_the_model_alone_and_the_pipeline_against_it(tmp_path):
 
 
 def test_bench_dataplane_compares_with_decoding_and_transcoding_the_same_clip(tmp_path):
-    r = vidseg("bench", *SMALL, "--dataplane", "--json", "b.json", cwd=tmp_path, timeout=600)
+    r = vidseg("bench", *SMALL, "--dataplane", "--workers", "2", "--json", "b.json", cwd=tmp_path, timeout=600)
     report = _report(tmp_path, r)
+    assert report["settings"]["workers"] == 2 and "the pipeline with 2 workers" in r.stdout
     assert set(report["figures"]) == {"decode", "transcode", "masks", "video"}
     assert {(c["figure"], c["baseline"]) for c in report["comparisons"]} == {("masks", "decode"),
                                                                             ("video", "transcode")}

@@ -324,7 +324,7 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
             net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress, cfg.repeat)
             figures[net.name], figures[path.name] = net, path
             per_frame = max(per_frame, path.seconds / path.frames)
-        args = to_args(mcfg) + to_args(batch)
+        args = to_args(mcfg) + to_args(batch) + ["--workers", str(cfg.workers)]
         timeout = 300 + 20 * cfg.frames * per_frame
         figures["masks"] = steady_pipeline("masks", "pipeline, masks only (--masks)", clips, args,
                                            lambda p: ["--masks", str(p)], work, timeout, progress, cfg.repeat)
@@ -343,6 +343,7 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
 def _settings(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, words: str) -> dict:
     w, h = cfg.resolution
     return {"resolution": f"{w}x{h}", "frames": cfg.frames, "repeat": cfg.repeat, "dataplane": cfg.dataplane,
+            "workers": cfg.workers,
             "model": words,
             "model_config": {k: v for k, v in dataclasses.asdict(mcfg).items() if v not in (None, ())},
             "batch": batch.batch, "output": {"crf": OutputConfig.crf, "preset": OutputConfig.preset}}
@@ -391,6 +392,8 @@ def format_table(report: BenchReport) -> str:
              f"{c.ratio:.2f}") for c in report.comparisons]
     s = report.settings
     head = f"vidseg bench: {s['resolution']}, {s['frames']} frames, {s['model']}"
+    if s.get("workers", 1) > 1:
+        head += f"; the pipeline with {s['workers']} workers"
     return "\n".join([head, "", _grid(rows), "", _grid(cmp)])
 
 

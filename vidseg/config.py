@@ -182,6 +182,7 @@ class BenchConfig:
     frames: int = 150  # frames of the clip each measurement runs over
     repeat: int = 2  # runs of each pipeline measurement; the fastest is kept
     dataplane: bool = False  # the zero model, against decode-only and a plain transcode
+    workers: int = 1  # worker processes in the pipeline runs
     json: str = "vidseg-bench.json"  # the report, written under a temporary name and renamed
     overwrite: bool = False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..config import BenchConfig
-from .options import batch_options, model_options
+from .options import batch_options, model_options, workers_option
 
 
 @click.command()
@@ -18,10 +18,12 @@ from .options import batch_options, model_options
               "decode-only and video output against a plain transcode of the same clip.")
 @model_options
 @batch_options
+@workers_option
 @click.option("--json", "json_path", default=BenchConfig.json, show_default=True, metavar="FILE.json",
               help="Write the figures as JSON here.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace an existing --json file.")
-def bench(resolution: str, frames: int, repeat: int, dataplane: bool, json_path: str, overwrite: bool, **kw) -> None:
+def bench(resolution: str, frames: int, repeat: int, dataplane: bool, workers: int, json_path: str, overwrite: bool,
+          **kw) -> None:
     """Measure the model alone and `vidseg run` end to end on a generated clip; print a table, write JSON.
 
     Every figure is measured in this run, beside its baseline, in steady state.
@@ -32,7 +34,7 @@ def bench(resolution: str, frames: int, repeat: int, dataplane: bool, json_path:
     from ..config import BatchConfig, ModelConfig, parse_resolution
     from .options import config_of
 
-    cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, repeat=repeat, dataplane=dataplane, json=json_path,
+    cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, repeat=repeat, dataplane=dataplane, workers=workers, json=json_path,
                       overwrite=overwrite)
     report = run_bench(cfg, config_of(ModelConfig, kw), config_of(BatchConfig, kw),
                        progress=lambda line: click.echo(f"[bench] {line}", err=True))

@@ -80,6 +80,11 @@ model_options = compose(
     click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped frame. [default: the card's]"),
 )
 
+#: How many worker processes ``run``, ``eval`` and ``bench`` start (on a CPU each gets cores / workers threads).
+workers_option = click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+                              help="Inference worker processes (on a CPU each gets cores / workers threads; several "
+                                   "single-threaded workers often beat one with every thread).")
+
 batch_options = compose(
     click.option("--batch", type=click.IntRange(1, 256), default=BatchConfig.batch, show_default=True, help="Frames per forward pass (batched across streams)."),
     click.option("--max-wait", type=click.FloatRange(0.0, 10.0), default=BatchConfig.max_wait, show_default=True, help="Seconds a worker waits to fill a batch."),
@@ -269,5 +274,5 @@ __all__ = [
     "AccessConfig", "BatchConfig", "CurveConfig", "FlowConfig", "ModelConfig", "OutputConfig", "SourceConfig", "TelemetryConfig", "batch_options",
     "compose", "config_of", "config_option", "curve_client_options", "curve_server_options", "flow_options",
     "log_options", "model_options", "output_options", "preview_default", "setup_logging", "source_options",
-    "telemetry_options",
+    "telemetry_options", "workers_option",
 ]

@@ -25,6 +25,7 @@ from .options import (
     setup_logging,
     source_options,
     telemetry_options,
+    workers_option,
 )
 from .stages import DEMO, resolve_source
 
@@ -35,7 +36,7 @@ DEMO_OUTPUT = "vidseg-demo.mp4"
 @config_option
 @click.option("--source", "-s", "sources", multiple=True, help="Video file, camN, rtsp/http(s) URL, image folder/glob, or 'demo'; repeat for several streams. [default: demo]")
 @source_options
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Inference worker processes.")
+@workers_option
 @click.option("--devices", default=None, help="Comma-separated devices the workers take in turn, e.g. cuda:0,cuda:1. [default: --device]")
 @model_options
 @batch_options
@@ -116,7 +117,7 @@ def _print_config(settings: dict) -> None:
 @config_option
 @click.option("--source", "-s", required=True, help="Video file to segment.")
 @click.option("--masks", "gt_masks", required=True, help="Ground truth: a folder of class-id PNGs, one per frame in frame order, or a masks.mkv written by --masks.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@workers_option
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace an existing --json report.")
 @click.option("--ignore-index", type=click.IntRange(0, 255), default=255, show_default=True, help="Ground-truth id to ignore.")

@@ -7,6 +7,7 @@ either a PNG folder or such a video.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import tempfile
@@ -70,8 +71,11 @@ class MaskWriter:
         if on_partial is not None:
             on_partial(self.tmp)
         self.video = MaskVideoWriter(self.tmp / MASK_VIDEO, fps=fps)
+        # A mask's PNG is compressed while the mask video encodes the same mask (OpenCV lets go of the
+        # GIL): the two cost about the same, so a mask is written in about half the time.
+        self._png = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidseg-png")
 
-    def write(self, seq: int, mask: np.ndarray) -> None:
+    def _write_png(self, seq: int, mask: np.ndarray) -> None:
         import cv2
 
         ok, png = cv2.imencode(".png", mask)
@@ -79,9 +83,16 @@ class MaskWriter:
             raise StageError(f"could not encode a {mask.shape} {mask.dtype} mask as PNG")
         with open(self.tmp / f"{seq:06d}.png", "wb") as fh:  # Python I/O: a full disk is an OSError with its errno
             fh.write(png.tobytes())
-        self.video.write(mask)  # a full disk surfaces as OSError here too
+
+    def write(self, seq: int, mask: np.ndarray) -> None:
+        png = self._png.submit(self._write_png, seq, mask)
+        try:
+            self.video.write(mask)  # a full disk surfaces as OSError here too
+        finally:
+            png.result()  # this mask's PNG is on disk (or its error raised) before the next mask
 
     def close(self, keep: bool) -> None:
+        self._png.shutdown(wait=True)
         self.video.close()
         if keep:
             os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp made it private
