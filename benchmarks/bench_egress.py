@@ -2,10 +2,11 @@
 
 A generated 1920×1080 H.264 clip is served by a real `vidseg source` process over tcp on
 127.0.0.1, plain and with CURVE. Its peers are stand-ins that cost next to nothing (one
-process, one thread): a worker that answers every frame at once with a ready-made mask,
-and a sink that acknowledges each frame as soon as its frame and mask are in. So the
-figure is the source's own ceiling: decode + stamp + send every frame twice (to a worker
-and to the sink) + relay every mask. The baseline, measured in the same run, is decoding
+process, one thread): a worker that answers every frame at once with a ready-made mask at
+the inference size (512×288, as masks travel), and a sink that acknowledges each frame as
+soon as its frame (or, for a sink that writes only masks, its pixel-less stamp) and its mask
+are in. So the figure is the source's own ceiling: decode + send every frame to a worker
+(and to a sink that draws video) + relay every mask. The baseline, measured in the same run, is decoding
 alone (vidseg's own reader, same clip): the source cannot go faster than that. On this
 2-core machine the peers' receiving (and CURVE decryption) shares the cores with the source.
 
@@ -50,7 +51,12 @@ def decode_only(clip: Path) -> float:
     return n / dt
 
 
-def serve_once(clip: Path, frames: int, curve: dict | None) -> dict:
+#: The stand-in worker's model card (the source admits no worker without one).
+CARD = {"name": "stand-in", "class_names": ["background", "thing"], "palette": [[0, 0, 0], [255, 255, 255]]}
+MASK = (288, 512)  # a mask at the inference size of a 1080p frame at long side 512
+
+
+def serve_once(clip: Path, frames: int, curve: dict | None, sink_frames: bool = True) -> dict:
     """Run a real source against stand-in peers; frames/s and bytes/s it sent, first frame to last."""
     ep = free_endpoint()
     args = [sys.executable, "-m", "vidseg", "source", "--source", str(clip), "--bind", ep, "--credits", "4"]
@@ -62,10 +68,10 @@ def serve_once(clip: Path, frames: int, curve: dict | None) -> dict:
     src = subprocess.Popen(args, stderr=log, text=True)
     worker = dealer(ep, linger=0, curve=client)
     sink = dealer(ep, linger=0, curve=client)
-    mask = np.zeros((H, W), np.uint8)
+    mask = np.zeros(MASK, np.uint8)
     try:
-        send_msg(worker, "hello", role="worker", credits=4, pid=0)
-        send_msg(sink, "hello", role="sink")
+        send_msg(worker, "hello", role="worker", credits=4, pid=0, card=CARD)
+        send_msg(sink, "hello", role="sink", frames=sink_frames)
         poller = zmq.Poller()
         poller.register(worker, zmq.POLLIN)
         poller.register(sink, zmq.POLLIN)
@@ -88,7 +94,7 @@ def serve_once(clip: Path, frames: int, curve: dict | None) -> dict:
                         elif msg.kind == "stop":
                             pass
                         continue
-                    if msg.kind in ("frame", "mask"):
+                    if msg.kind in ("frame", "stamp", "mask"):
                         seq = int(msg["seq"])
                         t_first = t_first or time.perf_counter()
                         have[seq] = have.get(seq, 0) + 1
@@ -128,18 +134,22 @@ def main() -> None:
         curve = {"server_secret": str(tmp / "keys" / "server.key_secret"), "allowed": str(tmp / "allowed"),
                  "client_secret": str(tmp / "keys" / "client.key_secret"), "server_public": str(tmp / "keys" / "server.key")}
         base = decode_only(clip)
-        plain = serve_once(clip, args.frames, None)
-        cur = serve_once(clip, args.frames, curve)
-    rows = [("decode only (baseline)", base, None), ("source, tcp", plain["fps"], plain), ("source, tcp + CURVE", cur["fps"], cur)]
-    print(f"1920×1080 BGR frames ({W * H * 3 / 1e6:.2f} MB) + uint8 masks ({W * H / 1e6:.2f} MB), {args.frames} frames, 127.0.0.1")
+        runs = {"tcp": serve_once(clip, args.frames, None), "tcp_masks_only": serve_once(clip, args.frames, None, False),
+                "tcp_curve": serve_once(clip, args.frames, curve),
+                "tcp_curve_masks_only": serve_once(clip, args.frames, curve, False)}
+    names = {"tcp": "source, tcp, sink draws video", "tcp_masks_only": "source, tcp, sink writes masks only",
+             "tcp_curve": "source, tcp + CURVE, video", "tcp_curve_masks_only": "source, tcp + CURVE, masks only"}
+    rows = [("decode only (baseline)", base, None)] + [(names[k], r["fps"], r) for k, r in runs.items()]
+    print(f"1920×1080 BGR frames ({W * H * 3 / 1e6:.2f} MB) + uint8 masks at 512×288 ({MASK[0] * MASK[1] / 1e6:.2f} MB), "
+          f"{args.frames} frames, 127.0.0.1")
     print("| what | frames/s | ÷ decode only | egress MB/s | egress Gbit/s | MB per frame |")
     print("|---|---|---|---|---|---|")
     for name, fps, r in rows:
         eg = f"{r['bytes_per_s'] / 1e6:.0f} | {r['bytes_per_s'] * 8 / 1e9:.2f} | {r['bytes_per_frame'] / 1e6:.2f}" if r else "– | – | –"
         print(f"| {name} | {fps:.1f} | {fps / base:.2f} | {eg} |")
     out = ROOT / "benchmarks" / "results" / "egress.json"
-    out.write_text(json.dumps({"width": W, "height": H, "frames": args.frames, "decode_only_fps": base,
-                               "tcp": plain, "tcp_curve": cur}, indent=2))
+    out.write_text(json.dumps({"width": W, "height": H, "frames": args.frames, "mask": list(MASK),
+                               "decode_only_fps": base, **runs}, indent=2))
     print(f"-> {out.relative_to(ROOT)}")
 
 
