@@ -120,3 +120,31 @@ def test_bench_bad_flags_are_one_line_errors(tmp_path, flags, needle):
     assert r.returncode == 2
     one_line_error(r.stderr, needle)
     assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def test_a_terminated_bench_stops_its_pipeline_and_leaves_no_folder_behind(tmp_path):
+    """SIGTERM (a CI timeout, `kill`) used to leave /tmp/vidseg-bench-* behind; now it is handled as Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    p = subprocess.Popen([sys.executable, "-m", "vidseg", "bench", *SMALL, "--dataplane", "--json", "b.json"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # bounded: up to 60 s for the clip folder to appear
+            if list(tmp_path.glob("vidseg-bench-*")) or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert list(tmp_path.glob("vidseg-bench-*")), "the bench never made its folder"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("vidseg-bench-*")) and not (tmp_path / "b.json").exists()

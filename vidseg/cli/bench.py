@@ -30,9 +30,16 @@ def bench(resolution: str, frames: int, repeat: int, dataplane: bool, workers: i
     Progress goes to stderr, the table to stdout. Without --model or --weights the model is the
     demo model, as `vidseg run` runs on its demo clip.
     """
+    import signal
+
     from ..bench import format_table, run_bench
     from ..config import BatchConfig, ModelConfig, parse_resolution
     from .options import config_of
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the running `vidseg run` is stopped, the clip folder removed
+
+    signal.signal(signal.SIGTERM, stop)
 
     cfg = BenchConfig(resolution=parse_resolution(resolution), frames=frames, repeat=repeat, dataplane=dataplane, workers=workers, json=json_path,
                       overwrite=overwrite)
