@@ -42,7 +42,10 @@ def test_curve_pipeline_admits_known_keys_and_refuses_others(tmp_path):
             assert p.wait(timeout=120) == 0, p.stderr.read()
         src_log = src.stderr.read()
         assert src_log.count("worker") and src_log.count("connected (pid") == 1  # only the keyed worker joined
-        assert "refused a peer (a client" in src_log and "1 peer(s) refused" in src_log  # the source said so too
+        # The source said so too. It counts refused handshakes: the intruder may retry its handshake (libzmq
+        # reconnects within 100 ms) before it hears why and gives up, so once or a few times, never zero.
+        refused = re.search(r"(\d+) peer\(s\) refused", src_log)
+        assert "refused a peer (a client" in src_log and refused and int(refused.group(1)) >= 1, src_log
         assert [read_barcode(f) for f in probe(tmp_path / "o.mp4")["frames"]] == list(range(8))
     finally:
         for p in (src, sink, worker, intruder):
