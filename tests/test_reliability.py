@@ -155,11 +155,14 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
     assert frames + dropped == n  # every decoded frame is either written or counted as dropped
     assert all(x < y for x, y in zip(got, got[1:])), got  # in order, never repeated
     assert 0 <= got[0] and got[-1] < n
-    # Bounded latency: a frame waits for at most `credits` forward passes at the worker (plus
-    # transport and encoding); a queue that kept every frame would reach roughly the whole backlog,
-    # (n / fps_processed - n / fps_source) ~ n * delay - n / 25 seconds.
-    backlog_ms = n * delay_ms - n * 1000 / 25
-    assert p50 <= p99 < min((credits + 3) * delay_ms + 500, backlog_ms / 3), r.stderr
+    # No backlog builds up: a live frame goes only to an idle worker, so the worker (at least delay_ms a
+    # frame) takes at most one frame per forward pass over the clip's n / 25 s, plus the frame in hand at
+    # the end; a queue that kept frames would write far more (all n, late). A count, not a clock: a slower
+    # machine only writes fewer
+    # (the source paces by the frames' own timestamps and catches up at once when late; 96x64 frames decode in
+    # well under their 40 ms). The latency itself is measured in benchmarks/bench_dispatch.py.
+    assert frames <= n * 1000 / 25 / delay_ms + credits + 1, (frames, r.stderr)
+    assert 0 < p50 <= p99, r.stderr
 
 
 # -- 4. an HTTP MJPEG camera that drops and comes back ---------------------------------------------
