@@ -158,9 +158,8 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
     # No backlog builds up: a live frame goes only to an idle worker, so the worker (at least delay_ms a
     # frame) takes at most one frame per forward pass over the clip's n / 25 s, plus the frame in hand at
     # the end; a queue that kept frames would write far more (all n, late). A count, not a clock: a slower
-    # machine only writes fewer
-    # (the source paces by the frames' own timestamps and catches up at once when late; 96x64 frames decode in
-    # well under their 40 ms). The latency itself is measured in benchmarks/bench_dispatch.py.
+    # machine only writes fewer (the source paces by the frames' own timestamps and catches up at once when
+    # late; 96x64 frames decode in well under their 40 ms). Latency is measured in benchmarks/bench_dispatch.py.
     assert frames <= n * 1000 / 25 / delay_ms + credits + 1, (frames, r.stderr)
     assert 0 < p50 <= p99, r.stderr
 
