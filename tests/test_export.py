@@ -57,24 +57,17 @@ def _check(out_logits, out_labels, ref):
     assert agree >= 0.999, agree
 
 
-def test_onnxruntime_matches_torch(exported):
-    pytest.importorskip("onnxruntime")
-    from vidseg.runtimes.onnxruntime import OnnxRuntimeBackend
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_matches_torch(exported, runtime):
+    """ONNX Runtime and OpenVINO (fp32) give torch's logits and class ids for the exported graph."""
+    pytest.importorskip(runtime)
+    if runtime == "onnxruntime":
+        from vidseg.runtimes.onnxruntime import OnnxRuntimeBackend as Backend
+    else:
+        from vidseg.runtimes.openvino import OpenVinoBackend as Backend
 
     model, card, path = exported
-    be = OnnxRuntimeBackend(path, device="cpu", precision="fp32", threads=1)
-    for x in _inputs():
-        with torch.no_grad():
-            ref = model(x)
-        _check(be.logits(x.numpy()), be.labels(x.numpy()), ref)
-
-
-def test_openvino_fp32_matches_torch(exported):
-    pytest.importorskip("openvino")
-    from vidseg.runtimes.openvino import OpenVinoBackend
-
-    model, card, path = exported
-    be = OpenVinoBackend(path, device="cpu", precision="fp32", threads=1)
+    be = Backend(path, device="cpu", precision="fp32", threads=1)
     for x in _inputs():
         with torch.no_grad():
             ref = model(x)
