@@ -346,17 +346,13 @@ class _Out:
         return self.error is not None or (self.expected is not None and self.buf.next >= self.expected)
 
     def handle(self, msg) -> None:
-        if msg.kind == "stamp":
-            if self.sink.wants_frames:
+        if msg.kind in ("frame", "stamp"):  # a frame's place and time, with its pixels or (stamp) without
+            if msg.kind == "stamp" and self.sink.wants_frames:
                 raise WireError("a frame without pixels for a sink that draws frames")
-            self.buf.add_frame(int(msg["seq"]), None, float(msg["pts"]))
-            self.received += 1
-            if "dropped" in msg.header:
-                self.dropped = max(self.dropped, int(msg.header["dropped"]))
-        elif msg.kind == "frame":
-            if msg.array.shape != (*self.size, 3) or msg.array.dtype != np.uint8:
+            if msg.kind == "frame" and (msg.array.shape != (*self.size, 3) or msg.array.dtype != np.uint8):
                 raise WireError(f"a frame of {msg.array.shape} {msg.array.dtype} in a stream of {self.size[1]}x{self.size[0]} BGR frames")
-            self.buf.add_frame(int(msg["seq"]), msg.array, float(msg["pts"]))
+            # Pixels are kept only to be drawn (a sink that draws nothing holds none in its reorder buffer).
+            self.buf.add_frame(int(msg["seq"]), msg.array if self.sink.wants_frames else None, float(msg["pts"]))
             self.received += 1
             if "dropped" in msg.header:  # live: the source's drops so far
                 self.dropped = max(self.dropped, int(msg.header["dropped"]))
@@ -384,7 +380,7 @@ class _Out:
         for seq, frame, pts, mask in self.buf.pop_ready():
             t0 = time.perf_counter()
             mask = resize_labels(mask, self.size)  # from the inference size, by the worker's own nearest rule
-            annotated = self.compose(frame, mask) if frame is not None and self.sink.wants_frames else None
+            annotated = self.compose(frame, mask) if frame is not None else None
             if self.writing is not None:
                 self.writing.put(seq, annotated, pts, mask)
             if self.window is not None and annotated is not None:
