@@ -185,3 +185,69 @@ def test_a_worker_may_ask_for_smaller_frames_and_masks_still_come_out_at_frame_s
         (small,) = seg([cv2.resize(frame, (100, 60), interpolation=cv2.INTER_AREA)])
         assert mask.shape == (120, 200)
         np.testing.assert_array_equal(mask, resize_labels(small, (120, 200)))
+
+
+def test_the_streams_one_converter_gives_the_pixels_of_each_frames_own(tmp_path):
+    # One swscale context per stream instead of one per frame (the set-up cost more than the conversion):
+    # the pixels must not change, also when the size or pixel format changes in the middle of a stream.
+    import av
+
+    from vidseg.media.decode import converter
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for w, h, fmt in [(64, 48, "yuv420p"), (64, 48, "yuv420p"), (96, 40, "yuv420p"), (64, 48, "yuv444p"),
+                      (64, 48, "gray")]:
+        f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (h, w, 3), np.uint8), format="bgr24").reformat(format=fmt)
+        frames.append(f)
+    for fmt in ("bgr24", "gray"):
+        convert = converter(fmt)
+        for f in frames:
+            assert np.array_equal(convert(f), f.to_ndarray(format=fmt)), (fmt, f.width, f.height, f.format.name)
+
+
+def _i420_reference(bgr: np.ndarray) -> np.ndarray:
+    """BT.601 limited range in float64, each chroma sample the mean of its 2x2 block, rounded once."""
+    b, g, r = (bgr[..., i].astype(np.float64) for i in range(3))
+    h, w = bgr.shape[:2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    mean = lambda p: p.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    planes = [np.rint(p).clip(0, 255).ravel() for p in (y, mean(u), mean(v))]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
+
+
+@pytest.mark.parametrize("kind", ["noise", "flat"])
+def test_bgr_to_i420_is_within_one_level_of_exact_bt601(kind):
+    from vidseg.media.encode import bgr_to_i420
+
+    rng = np.random.default_rng(5)
+    if kind == "noise":  # every 2x2 block mixes colours: chroma must be the block's mean, not one of its pixels
+        bgr = rng.integers(0, 256, (36, 52, 3), np.uint8)
+    else:
+        bgr = np.zeros((36, 52, 3), np.uint8)
+        bgr[:, :26] = (30, 120, 200)
+        bgr[:, 26:] = (250, 5, 60)
+    got = bgr_to_i420(bgr).astype(int)
+    ref = _i420_reference(bgr)
+    assert got.shape == (54, 52)
+    assert np.abs(got - ref).max() <= 1
+    # Rounded, not truncated: swscale's direct path comes out half a level low on average.
+    assert abs((got - ref).mean()) < 0.1
+    with pytest.raises(ValueError, match="even"):
+        bgr_to_i420(bgr[:35])
+
+
+def test_written_video_is_tagged_with_the_matrix_it_was_converted_with(tmp_path):
+    import av
+
+    from vidseg.media.encode import write_clip
+
+    write_clip(tmp_path / "c.mp4", [np.full((48, 64, 3), (30, 120, 200), np.uint8)] * 3, fps=25)
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        # BT.601 (bt470bg) matrix, limited ("tv") range: what bgr_to_i420 computes.
+        assert (int(cc.colorspace), int(cc.color_range)) == (5, 1)
+        f = next(c.decode(video=0))
+        assert np.abs(f.to_ndarray(format="bgr24")[20, 20].astype(int) - (30, 120, 200)).max() <= 4

@@ -105,7 +105,7 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> Path:
     from .scenes import SceneConfig, generate_scene
 
     cfg = SceneConfig(width=width, height=height, num_frames=frames, fps=FPS, class_hues=True)
-    write_clip(path, (frame for frame, _mask in generate_scene(cfg)), fps=Fraction(FPS), exact_yuv=False)
+    write_clip(path, (frame for frame, _mask in generate_scene(cfg)), fps=Fraction(FPS))
     return path
 
 
@@ -116,12 +116,15 @@ def decode_only(clip: Path) -> tuple[int, float]:
     """Decode ``clip`` to bgr24 frames as the source does (PyAV, threaded decoding); ``(frames, seconds)``."""
     import av
 
+    from .media.decode import converter
+
     with av.open(str(clip)) as c:
         v = c.streams.video[0]
         v.thread_type = "AUTO"
+        to_bgr = converter()
         n, t0 = 0, time.perf_counter()
         for frame in c.decode(v):
-            frame.to_ndarray(format="bgr24")
+            to_bgr(frame)
             n += 1
         return n, time.perf_counter() - t0
 

@@ -522,6 +522,7 @@ def evaluate(
     import av
 
     from .evaluate import confusion_matrix, iou_from_confusion
+    from .media.decode import converter
     from .scenes import write_scene
     from .predictor import Segmenter
 
@@ -531,7 +532,8 @@ def evaluate(
         cfg = replace(SceneConfig(**SCENE_KNOBS), seed=int(seed), num_frames=int(num_frames), width=int(width), height=int(height))
         write_scene(cfg, Path(tmp) / "clip.mp4", Path(tmp) / "masks")
         with av.open(str(Path(tmp) / "clip.mp4")) as c:
-            frames = [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
+            to_bgr = converter()
+            frames = [to_bgr(f) for f in c.decode(c.streams.video[0])]
         masks = [cv2.imread(str(Path(tmp) / "masks" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) for i in range(len(frames))]
     seg = Segmenter(model, card, device="cpu")
     cm = np.zeros((card.num_classes, card.num_classes), np.int64)

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError, StageError
+from .decode import converter
 from .encode import current_umask
 
 
@@ -118,8 +119,9 @@ def read_mask_video(path: str | os.PathLike) -> Iterator[np.ndarray]:
     with c:
         if not c.streams.video or c.streams.video[0].codec_context.name != "ffv1":
             raise InputError(f"{path} is not a lossless FFV1 mask video; give a masks.mkv written by --masks")
+        to_gray = converter("gray")
         for frame in c.decode(c.streams.video[0]):
-            yield frame.to_ndarray(format="gray")
+            yield to_gray(frame)
 
 
 class MaskSet:
