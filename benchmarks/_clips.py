@@ -38,6 +38,5 @@ def make_clip(path: Path, frames: int, width: int = 1280, height: int = 720, fps
     from vidseg.media.encode import write_clip
 
     gen = busy_frames if busy else flat_frames
-    write_clip(path, gen(frames, width, height), fps=fps, crf=crf, preset="veryfast" if busy else "ultrafast",
-               exact_yuv=False)
+    write_clip(path, gen(frames, width, height), fps=fps, crf=crf, preset="veryfast" if busy else "ultrafast")
     return path

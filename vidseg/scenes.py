@@ -721,7 +721,7 @@ def write_scene(
         # The video is written under a temporary name and renamed when complete (write_clip);
         # the masks were checked replaceable above and go into place right after it.
         write_clip(video_path, frames(), fps=cfg.fps, tone_hz=440.0 if audio else None,
-                   crf=crf, preset=preset, exact_yuv=True)
+                   crf=crf, preset=preset)
         _check_replaceable(masks_dir)
         if masks_dir.exists():
             os.replace(masks_dir, trash)

@@ -37,20 +37,37 @@ def current_umask() -> int:
     return mask
 
 
-def bgr_to_yuv420p(av, frame: np.ndarray):
-    """BGR uint8 -> yuv420p ``av.VideoFrame`` (BT.601, limited range), rounded.
+#: BT.601 limited-range chroma (Cb, Cr) from 8-bit B, G, R, with the offset: swscale's default matrix, and
+#: the one the output is tagged with (:class:`VideoWriter`).
+_CHROMA = np.array([[112.0, -74.203, -37.797, 128 * 255], [-18.214, -93.786, 112.0, 128 * 255]]) / 255
 
-    swscale's direct bgr24 -> yuv420p path truncates instead of rounding (luma
-    comes out about one level dark); its bgr24 -> yuv444p path is exact, so go
-    through that and average each 2x2 chroma block ourselves.
+
+def bgr_to_i420(frame: np.ndarray) -> np.ndarray:
+    """BGR uint8 with even sides -> I420 planes ``(H*3/2, W)`` uint8: BT.601 limited range, rounded.
+
+    Each chroma sample is that of its 2x2 block's mean colour (chroma is linear
+    in B, G, R, so this is the mean of the four samples, rounded once). Within
+    one level of the exact arithmetic (tests/test_dataplane.py), and about 2x
+    faster than swscale's bgr24 -> yuv420p, which also truncates instead of
+    rounding (luma comes out about one level dark): 0.7 ms against 1.6 ms per
+    720p frame on this project's 2-core CI machine.
     """
     import cv2
 
     h, w = frame.shape[:2]
-    yuv = av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuv444p").to_ndarray()
-    uv = cv2.resize(np.ascontiguousarray(yuv[1:].transpose(1, 2, 0)), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    planes = np.concatenate([yuv[0].ravel(), uv[..., 0].ravel(), uv[..., 1].ravel()])
-    return av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
+    if h % 2 or w % 2:
+        raise ValueError(f"4:2:0 needs even sides, got {w}x{h}")
+    out = np.empty((h * 3 // 2, w), np.uint8)
+    # Luma, correctly rounded; the chroma this writes (one pixel of each block) is replaced below.
+    out = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420, dst=out)
+    half = cv2.resize(frame, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # each 2x2 block's mean
+    flat, q = out.reshape(-1), h * w // 4
+    for i, plane in enumerate((flat[h * w: h * w + q], flat[h * w + q:])):
+        plane = plane.reshape(h // 2, w // 2)
+        got = cv2.transform(half, _CHROMA[i: i + 1], dst=plane)
+        if got is not plane:  # OpenCV allocated instead of writing in place
+            plane[...] = got.reshape(plane.shape)
+    return out
 
 
 def encoder_threads() -> int:
@@ -72,8 +89,9 @@ class VideoWriter:
     source's first video timestamp), copied when browsers play it in MP4, else
     transcoded to AAC; or ``tone_hz`` synthesizes a mono AAC tone (generated
     clips). It is interleaved with the video as it is written, so the muxer
-    never buffers the whole stream. ``exact_yuv`` rounds the colour conversion
-    (generated clips whose pixels are compared); the default is swscale's.
+    never buffers the whole stream. Frames are converted to yuv420p by
+    :func:`bgr_to_i420` and the stream is tagged BT.601 limited range, so players
+    (browsers assume BT.709 for untagged HD) turn them back into the same colours.
     """
 
     def __init__(
@@ -88,7 +106,6 @@ class VideoWriter:
         tone_hz: float | None = None,
         crf: int = 20,
         preset: str = "veryfast",
-        exact_yuv: bool = False,
         threads: int | None = None,
         on_partial=None,
     ):
@@ -102,7 +119,6 @@ class VideoWriter:
         if self.width < 2 or self.height < 2:
             raise InputError(f"frames of {width}x{height} are too small to encode")
         self.fps = Fraction(fps)
-        self.exact_yuv = exact_yuv
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial.mp4", dir=self.path.parent or ".")
         os.close(fd)
         self._tmp = Path(tmp)
@@ -111,6 +127,9 @@ class VideoWriter:
         self._c = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
         self._v = self._c.add_stream("libx264", rate=self.fps)
         self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
+        # The matrix and range of bgr_to_i420, written into the stream so no player has to guess.
+        self._v.codec_context.colorspace = av.video.reformatter.Colorspace.ITU601
+        self._v.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
         self._v.codec_context.time_base = Fraction(1, CLOCK)
         # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
         # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
@@ -236,7 +255,7 @@ class VideoWriter:
         if frame.shape[0] != self.height or frame.shape[1] != self.width:
             frame = frame[: self.height, : self.width]
         frame = np.ascontiguousarray(frame)
-        vf = bgr_to_yuv420p(av, frame) if self.exact_yuv else av.VideoFrame.from_ndarray(frame, format="bgr24")
+        vf = av.VideoFrame.from_ndarray(bgr_to_i420(frame), format="yuv420p")
         ticks = self.frames * self._step if pts is None else round(pts * CLOCK)
         if self._last_pts is not None and ticks <= self._last_pts:
             ticks = self._last_pts + 1  # a repeated or backwards timestamp (damaged input): keep the order
@@ -313,7 +332,7 @@ def _aac_layout(layout) -> str:
 
 
 def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: Fraction | float, tone_hz: float | None = None,
-               crf: int = 18, preset: str = "veryfast", exact_yuv: bool = True) -> int:
+               crf: int = 18, preset: str = "veryfast") -> int:
     """Encode BGR ``frames`` (all the same size) into an H.264 MP4 at ``path``; returns the frame count.
 
     The one clip writer of the project: the scene generator, the tests and the
@@ -325,7 +344,7 @@ def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: Fr
     if first is None:
         raise ValueError("write_clip needs at least one frame")
     h, w = first.shape[:2]
-    writer = VideoWriter(path, width=w, height=h, fps=fps, tone_hz=tone_hz, crf=crf, preset=preset, exact_yuv=exact_yuv)
+    writer = VideoWriter(path, width=w, height=h, fps=fps, tone_hz=tone_hz, crf=crf, preset=preset)
     try:
         writer.write(first)
         for frame in it:
