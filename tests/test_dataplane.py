@@ -251,3 +251,19 @@ def test_written_video_is_tagged_with_the_matrix_it_was_converted_with(tmp_path)
         assert (int(cc.colorspace), int(cc.color_range)) == (5, 1)
         f = next(c.decode(video=0))
         assert np.abs(f.to_ndarray(format="bgr24")[20, 20].astype(int) - (30, 120, 200)).max() <= 4
+
+
+@pytest.mark.parametrize("src,dst", [((36, 64), (90, 160)), ((37, 61), (720, 1280)), ((50, 50), (50, 50)),
+                                     ((90, 160), (36, 64)), ((7, 300), (1, 1)), ((1, 1), (33, 17))])
+def test_label_counts_on_the_small_mask_are_the_counts_of_the_resized_one(src, dst):
+    from vidseg.geometry import label_counts
+
+    rng = np.random.default_rng(sum(src) + sum(dst))
+    noise = rng.integers(0, 256, src, np.uint8)
+    runs = np.repeat(rng.integers(0, 6, (src[0], 1), np.uint8), src[1], axis=1)  # what masks are: long runs
+    runs[:, : src[1] // 3] = 255
+    for ids in (noise, runs):
+        want = np.bincount(resize_labels(ids, dst).ravel(), minlength=256)
+        got = label_counts(ids, dst)
+        assert got.dtype == np.int64 and np.array_equal(got, want)
+    assert np.array_equal(label_counts(noise), np.bincount(noise.ravel(), minlength=256))

@@ -4,7 +4,8 @@
      "classes": {"road": 0.412731, "car": 0.031002}}
 
 ``classes`` holds the pixel fraction of every class present in the mask
-(from one 256-bin histogram per mask, no per-class loop); ``latency`` is
+(counted on the mask as it travels, at the inference size, with the weights
+of the nearest upsample: :func:`vidseg.geometry.label_counts`); ``latency`` is
 seconds from grab to written. The file is written under a temporary name next
 to the target and renamed when the run ends, like the video; after a failure
 the lines written so far are kept.
@@ -20,17 +21,21 @@ from typing import Sequence
 import numpy as np
 
 from .errors import StageError
+from .geometry import label_counts
 from .media.encode import current_umask
 
 
-def class_fractions(mask: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
-    """``{name: fraction of pixels}`` for the classes present in ``mask`` (ids beyond the names: ``class<id>``)."""
-    import cv2
+def class_fractions(mask: np.ndarray, class_names: Sequence[str], size: tuple[int, int] | None = None
+                    ) -> dict[str, float]:
+    """``{name: fraction of pixels}`` for the classes present in ``mask`` (ids beyond the names: ``class<id>``).
 
-    hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
-    total = float(mask.size) or 1.0
-    return {(class_names[i] if i < len(class_names) else f"class{i}"): round(float(hist[i]) / total, 6)
-            for i in np.flatnonzero(hist)}
+    ``size``: the (H, W) the mask is brought to by :func:`~vidseg.geometry.resize_labels` (a mask at the
+    inference size, written at the frame's): the fractions of that mask, counted on the small one.
+    """
+    counts = label_counts(mask, size)
+    total = float(counts.sum()) or 1.0
+    return {(class_names[i] if i < len(class_names) else f"class{i}"): round(float(counts[i]) / total, 6)
+            for i in np.flatnonzero(counts)}
 
 
 class MetadataWriter:
@@ -44,10 +49,11 @@ class MetadataWriter:
         self.lines = 0
 
     def write(self, *, stream: int, seq: int, pts: float, latency: float | None, worker: str | None,
-              mask: np.ndarray, class_names: Sequence[str]) -> None:
+              mask: np.ndarray, class_names: Sequence[str], size: tuple[int, int] | None = None) -> None:
+        """One line for one frame; ``mask`` as :func:`class_fractions` takes it (``size``: the frame's)."""
         line = {"stream": stream, "seq": seq, "pts": round(float(pts), 6),
                 "latency": None if latency is None else round(latency, 6), "worker": worker,
-                "classes": class_fractions(mask, class_names)}
+                "classes": class_fractions(mask, class_names, size)}
         try:
             self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
         except OSError as e:

@@ -377,9 +377,11 @@ class _Out:
             self.redispatched = int(msg.header.get("redispatched", 0))
             self.interrupted = bool(msg.header.get("interrupted", False))
             self.sink.bars.set_total(self.sid, self.expected)
-        for seq, frame, pts, mask in self.buf.pop_ready():
+        for seq, frame, pts, small in self.buf.pop_ready():
             t0 = time.perf_counter()
-            mask = resize_labels(mask, self.size)  # from the inference size, by the worker's own nearest rule
+            # From the inference size, by the worker's own nearest rule; only where a full-size mask is used
+            # (drawing, mask files): the metadata counts classes on the small one (geometry.label_counts).
+            mask = resize_labels(small, self.size) if frame is not None or self.masks is not None else None
             annotated = self.compose(frame, mask) if frame is not None else None
             if self.writing is not None:
                 self.writing.put(seq, annotated, pts, mask)
@@ -400,8 +402,8 @@ class _Out:
                 self.per_worker[worker] += 1
                 self.sink.workers_seen[worker] = now
             if self.sink.meta is not None:
-                self.sink.meta.write(stream=self.sid, seq=seq, pts=pts, latency=latency, worker=worker, mask=mask,
-                                     class_names=self.class_names)
+                self.sink.meta.write(stream=self.sid, seq=seq, pts=pts, latency=latency, worker=worker, mask=small,
+                                     class_names=self.class_names, size=self.size)
             if self.sink.preview is not None and annotated is not None:
                 self.sink.preview.publish(self.sid, annotated)
             self.sink.bars.update(self.sid)
