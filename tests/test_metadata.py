@@ -46,6 +46,18 @@ def test_json_keeps_the_frames_written_when_the_source_is_truncated(tmp_path):
     assert 0 < written < 40 and len(meta.read_text().splitlines()) == written
 
 
+def test_a_metadata_only_run_says_where_its_frames_went(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=40, audio=False)
+    data = clip.read_bytes()
+    clip.write_bytes(data[: int(len(data) * 0.5)])
+    meta = tmp_path / "meta.jsonl"
+    r = vidseg("run", "--source", str(clip), "--json", str(meta), *TINY)
+    assert r.returncode == 5, r.stderr
+    written = len(meta.read_text().splitlines())
+    assert f"stream 0 done: {written} frames -> the metadata in {meta}" in r.stderr  # not "-> preview"
+    assert f"the {written} that could are in the metadata in {meta}" in r.stderr
+
+
 def test_json_path_is_checked_before_any_work(clip, tmp_path):
     r = vidseg("run", "--source", str(clip), "--json", str(tmp_path / "no" / "m.jsonl"), *TINY)
     assert r.returncode == 2 and "does not exist; create it first" in r.stderr and "Traceback" not in r.stderr

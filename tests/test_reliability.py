@@ -205,7 +205,7 @@ def test_mjpeg_http_source_reconnects_then_drains_on_sigint(tmp_path, procs):
         srv.stop()
     assert rc == 130, run.text()  # interrupted: exits non-zero, saying what was written
     assert "Traceback" not in run.text()
-    assert re.search(r"^vidseg: interrupted: wrote \d+ frame\(s\) to .*out\.mp4$", run.text(), re.M), run.text()
+    assert re.search(r"^vidseg: interrupted: wrote \d+ frame\(s\) to .*out\.mp4 and .*masks$", run.text(), re.M), run.text()
     got = barcodes(out)
     assert len(got) >= 20
     assert all(x < y for x, y in zip(got, got[1:])), got
@@ -265,7 +265,7 @@ def test_signal_to_run_drains_to_a_valid_output(tmp_path, procs, sig):
     got = barcodes(out)
     assert 10 <= len(got) < n, len(got)
     line = [ln for ln in text.splitlines() if ln.startswith("vidseg:")]
-    assert line == [f"vidseg: interrupted: wrote {len(got)} of ~{n} frame(s) to {out}"], text
+    assert line == [f"vidseg: interrupted: wrote {len(got)} of ~{n} frame(s) to {out} and {tmp_path / 'masks'}"], text
     assert got == list(range(len(got)))
     assert masks_written(tmp_path) == len(got)
     assert no_partials(tmp_path) == []

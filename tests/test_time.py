@@ -223,7 +223,9 @@ def test_an_interrupted_run_trims_its_audio_to_what_was_written(tmp_path, procs)
     k = len(got["ids"])
     assert 10 <= k < n and got["ids"] == list(range(k))
     lines = [ln for ln in run.text().splitlines() if ln.startswith("vidseg:")]
-    assert lines == [f"vidseg: interrupted: wrote {k} of ~{n} frame(s) to {out} (its audio trimmed to match)"], run.text()
+    masks = tmp_path / "masks"  # both outputs named: the masks were kept too
+    assert lines == [f"vidseg: interrupted: wrote {k} of ~{n} frame(s) to {out} and {masks} (its audio trimmed to match)"
+                     ], run.text()
     assert got["duration"] == pytest.approx(k / 25, abs=0.05)
     assert got["audio_duration"] == pytest.approx(k / 25, abs=0.05)  # not 6 s
     assert no_partials(tmp_path) == []

@@ -165,7 +165,7 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
     for sid, r in res.streams.items():
         lat = f", latency p50 {r.latency_p50 * 1000:.0f} ms p99 {r.latency_p99 * 1000:.0f} ms" if r.latency_p50 is not None else ""
         drops = f", {r.dropped} stale frame(s) dropped (live)" if r.live else ""
-        log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.output or r.masks or "preview", drops, lat)
+        log.info("stream %d done: %d frames -> %s%s%s", sid, r.frames, r.written_to(res.json), drops, lat)
     if res.json:
         log.info("per-frame metadata -> %s", res.json)
     log.info("%d frames in %.2f s (%.1f frames/s), %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.seconds,
@@ -176,12 +176,12 @@ def sink(endpoint: str, verbose: int, quiet: bool, **kw) -> None:
         log.warning("%s", RANDOM_WEIGHTS_NOTE)
     if res.interrupted:
         said = "; ".join(
-            f"{r.frames}{f' of ~{r.announced}' if r.announced else ''} frame(s) to {r.output or r.masks or 'the preview'}"
+            f"{r.frames}{f' of ~{r.announced}' if r.announced else ''} frame(s) to {r.written_to(res.json)}"
             + (" (its audio trimmed to match)" if r.audio else "")
             for r in res.streams.values())
         raise Interrupted(f"wrote {said}")
     if res.lost:
-        where = ", ".join(r.output or r.masks or "" for r in res.streams.values() if r.lost)
+        where = ", ".join(r.written_to(res.json) for r in res.streams.values() if r.lost)
         raise FramesLost(
             f"{res.lost} frame(s) of the source could not be decoded (truncated or damaged file); "
             f"the {res.frames} that could are in {where}"

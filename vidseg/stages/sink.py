@@ -64,6 +64,11 @@ class StreamResult:
     announced: int | None = None  # frames the source expected (a container's count or estimate)
     audio: bool = False  # the video carries the source's audio
 
+    def written_to(self, metadata: str | None = None) -> str:
+        """Where this stream's frames went, in words: the video and the masks, else the metadata or the preview."""
+        files = [f for f in (self.output, self.masks) if f]
+        return " and ".join(files) if files else (f"the metadata in {metadata}" if metadata else "the preview")
+
 
 @dataclass
 class SinkResult:
