@@ -64,6 +64,14 @@ def make_clip(path: Path, *, frames: int = 24, width: int = 96, height: int = 64
     return path
 
 
+def truncated_clip(path: Path, *, frames: int = 40) -> Path:
+    """A ``frames``-frame clip (no audio) cut in half: a damaged tail, so some frames cannot be decoded."""
+    make_clip(path, frames=frames, audio=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 # -- the CLI as a real process -----------------------------------------------------------------------
 BASE = [sys.executable, "-m", "vidseg"]
 # Flags that keep a model tiny on the CPU.

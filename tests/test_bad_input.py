@@ -4,7 +4,7 @@ import os
 import pytest
 import zmq
 
-from helpers import TINY, make_clip, one_line_error, probe, vidseg
+from helpers import TINY, make_clip, one_line_error, probe, truncated_clip, vidseg
 
 
 def _one_line_error(r, *needles):
@@ -43,9 +43,7 @@ def test_video_without_decodable_frame(tmp_path):
 
 
 def test_truncated_video_keeps_what_decodes(tmp_path):
-    src = make_clip(tmp_path / "c.mp4", frames=40, audio=False)
-    data = src.read_bytes()
-    src.write_bytes(data[: int(len(data) * 0.5)])
+    src = truncated_clip(tmp_path / "c.mp4", frames=40)
     out = tmp_path / "o.mp4"
     r = vidseg("run", "--source", str(src), "--output", str(out), *TINY)
     line = _one_line_error(r, "could not be decoded")

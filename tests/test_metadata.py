@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from helpers import TINY, make_clip, probe, vidseg
+from helpers import TINY, probe, truncated_clip, vidseg
 from vidseg.media.masks import MASK_VIDEO, mask_files, read_mask, read_mask_video
 from vidseg.metadata import class_fractions
 
@@ -36,9 +36,7 @@ def test_json_has_one_line_per_frame_matching_the_masks_and_the_mask_video_reads
 
 
 def test_json_keeps_the_frames_written_when_the_source_is_truncated(tmp_path):
-    clip = make_clip(tmp_path / "c.mp4", frames=40, audio=False)
-    data = clip.read_bytes()
-    clip.write_bytes(data[: int(len(data) * 0.5)])  # a damaged tail (as in test_bad_input)
+    clip = truncated_clip(tmp_path / "c.mp4", frames=40)
     meta = tmp_path / "meta.jsonl"
     r = vidseg("run", "--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--json", str(meta), *TINY)
     assert r.returncode == 5, r.stderr
@@ -47,9 +45,7 @@ def test_json_keeps_the_frames_written_when_the_source_is_truncated(tmp_path):
 
 
 def test_a_metadata_only_run_says_where_its_frames_went(tmp_path):
-    clip = make_clip(tmp_path / "c.mp4", frames=40, audio=False)
-    data = clip.read_bytes()
-    clip.write_bytes(data[: int(len(data) * 0.5)])
+    clip = truncated_clip(tmp_path / "c.mp4", frames=40)
     meta = tmp_path / "meta.jsonl"
     r = vidseg("run", "--source", str(clip), "--json", str(meta), *TINY)
     assert r.returncode == 5, r.stderr
