@@ -6,6 +6,9 @@ must be the quotients of the figures they name.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,6 +80,12 @@ def _report(tmp_path, r) -> dict:
     for c in report["comparisons"]:
         assert c["ratio"] == pytest.approx(figures[c["figure"]]["fps"] / figures[c["baseline"]]["fps"])
         assert f"{c['ratio']:.2f}" in r.stdout
+    for name in ("masks", "video"):  # CPU by stage, where the steady-state difference could be taken
+        cpu = figures[name]["cpu_ms_per_frame"]
+        if cpu is not None:
+            assert {"source", "worker", "sink"} <= set(cpu) <= {"source", "worker", "sink", "run"}
+    if any(figures[n]["cpu_ms_per_frame"] for n in ("masks", "video")):
+        assert "CPU ms per frame (steady state)" in r.stdout and "cores busy" in r.stdout
     assert report["settings"]["resolution"] == "160x96" and report["settings"]["frames"] == 8
     assert report["machine"]["cpus"] >= 1 and report["machine"]["date"]
     return report
@@ -107,6 +116,22 @@ def test_bench_dataplane_compares_with_decoding_and_transcoding_the_same_clip(tm
     assert report["figures"]["decode"]["frames"] == report["figures"]["transcode"]["frames"] == 8  # the whole clip
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc (Linux)")
+def test_stage_cpu_charges_each_process_of_the_tree_to_its_stage():
+    from vidseg.bench import StageCPU
+
+    # A stand-in for `vidseg run`: a parent (the supervisor) whose child's command line names its stage
+    # and which burns 0.3 s of CPU (bounded by CPU time), then exits.
+    child = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n")
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, 'worker'], check=True)"
+    p = subprocess.Popen([sys.executable, "-c", parent])
+    cpu = StageCPU(p.pid, interval=0.01)
+    assert p.wait(timeout=60) == 0
+    got = cpu.stop()
+    assert 0.2 <= got["worker"] <= 0.6  # the child's 0.3 s, less at most the last interval before it ended
+    assert got["run"] < 0.3 and "sink" not in got and "source" not in got
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--resolution", "720p"], "--resolution '720p' is not WIDTHxHEIGHT"),
     (["--resolution", "161x96"], "both sides even"),
@@ -124,10 +149,7 @@ def test_bench_bad_flags_are_one_line_errors(tmp_path, flags, needle):
 
 def test_a_terminated_bench_stops_its_pipeline_and_leaves_no_folder_behind(tmp_path):
     """SIGTERM (a CI timeout, `kill`) used to leave /tmp/vidseg-bench-* behind; now it is handled as Ctrl-C."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}

@@ -22,6 +22,12 @@ so do the model's timing and the baselines. Where the two times are too
 close to tell apart (tiny clips), the whole long run is used and the report
 says so. The baselines run in-process over the whole clip (their start-up is
 milliseconds).
+
+Each pipeline figure also says where its CPU goes: the CPU time of each stage
+process (source, workers, sink, and ``run`` itself) read from ``/proc`` while
+it runs (:class:`StageCPU`), differenced between the two lengths like the wall
+time, in ms per frame; their total over the wall time per frame is how many
+cores the pipeline keeps busy (at the machine's core count, the CPU is the limit).
 """
 from __future__ import annotations
 
@@ -61,6 +67,8 @@ class Figure:
     seconds: float
     method: str
     startup_s: float | None = None  # a pipeline's start-up and drain, measured in the same run
+    #: A pipeline's CPU time per frame by stage (ms, workers summed), in steady state; None where not measured.
+    cpu_ms_per_frame: dict[str, float] | None = None
 
     @property
     def fps(self) -> float:
@@ -237,19 +245,116 @@ def fastest(measure: Callable[[], tuple[int, float]], repeat: int) -> tuple[int,
 # --------------------------------------------------------------------------- the pipeline
 
 
-def pipeline_seconds(clip: Path, args: list[str], out: list[str], timeout: float) -> float:
-    """Wall time of ``vidseg run`` on ``clip`` (real processes) writing ``out``; a StageError if it fails."""
+#: The stages of ``vidseg run`` whose CPU time a pipeline figure reports (``run`` is the supervisor).
+STAGES = ("source", "worker", "sink", "run")
+
+
+class StageCPU:
+    """CPU seconds (all threads) of a process and its descendants, by vidseg stage, sampled from ``/proc``.
+
+    Linux only (elsewhere :attr:`available` is False and nothing is sampled). A sampler thread
+    reads each process's utime + stime every ``interval`` seconds and keeps the last value seen,
+    so up to one interval at the very end of a stage is missed: the same for both clip
+    lengths, so it cancels in the steady-state difference.
+    """
+
+    available = os.path.exists("/proc/self/stat")
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+
+        self.root, self.interval = pid, interval
+        self._seen: dict[int, tuple[str, float]] = {}  # pid -> (stage, CPU seconds)
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self._t = threading.Thread(target=self._run, name="vidseg-bench-cpu", daemon=True)
+        if self.available:
+            self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        """Read every live process of the tree once."""
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            cpu = self._cpu(pid)
+            if cpu is None:
+                continue
+            known = self._seen.get(pid, ("other", 0.0))[0]
+            # Asked again until known: between fork and exec a stage still shows its parent's command line.
+            self._seen[pid] = (known if known != "other" else self._stage(pid), cpu)
+            todo += self._children(pid)
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling; CPU seconds by stage (workers summed; an unknown process counts as ``other``)."""
+        self._stop.set()
+        if self._t.is_alive():
+            self._t.join(timeout=5)
+        out: dict[str, float] = {}
+        for stage, cpu in self._seen.values():
+            out[stage] = out.get(stage, 0.0) + cpu
+        return out
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return None  # gone
+        return (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime (fields 14 and 15 of stat)
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        kids: list[int] = []
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    kids += [int(k) for k in fh.read().split()]
+        except OSError:
+            pass
+        return kids
+
+    def _stage(self, pid: int) -> str:
+        if pid == self.root:
+            return "run"
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except OSError:
+            return "other"
+        return next((a for a in argv if a in STAGES and a != "run"), "other")
+
+
+def pipeline_seconds(clip: Path, args: list[str], out: list[str], timeout: float) -> tuple[float, dict[str, float]]:
+    """Wall time of ``vidseg run`` on ``clip`` (real processes) writing ``out``, and its CPU seconds by stage.
+
+    A StageError if it fails. The CPU figures are empty where /proc is not there (:class:`StageCPU`).
+    """
     cmd = [sys.executable, "-m", "vidseg", "run", "--source", str(clip), *args, *out, "--no-progress", "--no-preview"]
     t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cpu = StageCPU(p.pid)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        _, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
         raise StageError(f"vidseg run did not finish {clip.name} within {timeout:.0f} s; try fewer --frames") from None
+    except BaseException:  # Ctrl-C, or SIGTERM turned into it: the run is stopped, not left behind
+        p.kill()
+        p.wait(timeout=30)
+        raise
+    finally:
+        by_stage = cpu.stop()
     seconds = time.perf_counter() - t0
-    if r.returncode != 0:
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        raise StageError(f"vidseg run failed (exit {r.returncode}): {lines[-1] if lines else 'no message'}")
-    return seconds
+    if p.returncode != 0:
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        raise StageError(f"vidseg run failed (exit {p.returncode}): {lines[-1] if lines else 'no message'}")
+    return seconds, by_stage
 
 
 def steady_pipeline(name: str, what: str, clips: tuple[tuple[Path, int], tuple[Path, int]], args: list[str],
@@ -260,21 +365,31 @@ def steady_pipeline(name: str, what: str, clips: tuple[tuple[Path, int], tuple[P
     Each length runs ``repeat`` times, alternating, and keeps its fastest run: other work on the machine
     only ever adds time.
     """
-    runs: list[list[float]] = [[], []]
+    runs: list[list[tuple[float, dict[str, float]]]] = [[], []]
     for r in range(repeat):
         for i, (clip, n) in enumerate(clips):
             progress(f"{what}: vidseg run over {n} frames" + (f" ({r + 1} of {repeat})" if repeat > 1 else ""))
             runs[i].append(pipeline_seconds(clip, args, output(work / f"{name}-{i}-{r}"), timeout))
-    times = [min(t) for t in runs]
+    fastest_runs = [min(rs, key=lambda run: run[0]) for rs in runs]
+    times = [t for t, _ in fastest_runs]
     (_, short), (_, long) = clips
     dn, dt = long - short, times[1] - times[0]
     if dt > 0 and dn > 0 and dt < times[1]:
         startup = times[1] - long * dt / dn
         best = f"fastest of {repeat} " if repeat > 1 else ""
         return Figure(name, what, dn, dt, f"({long} - {short} frames) / ({best}run times {times[1]:.2f} - "
-                      f"{times[0]:.2f} s): start-up and drain cancel", startup_s=startup)
+                      f"{times[0]:.2f} s): start-up and drain cancel", startup_s=startup,
+                      cpu_ms_per_frame=_cpu_per_frame(fastest_runs[0][1], fastest_runs[1][1], dn))
     return Figure(name, what, long, times[1], f"whole run of {long} frames, start-up included: the {short}-frame run "
                   f"took {times[0]:.2f} s against {times[1]:.2f} s, too close to tell start-up apart")
+
+
+def _cpu_per_frame(short: dict[str, float], long: dict[str, float], frames: int) -> dict[str, float] | None:
+    """CPU ms per frame by stage from the two runs' totals (start-up cancels), or None where not measured."""
+    stages = [st for st in STAGES if st in long and st in short]
+    if not stages:
+        return None
+    return {st: 1000.0 * (long[st] - short[st]) / frames for st in stages}
 
 
 # --------------------------------------------------------------------------- the whole bench
@@ -397,7 +512,18 @@ def format_table(report: BenchReport) -> str:
     head = f"vidseg bench: {s['resolution']}, {s['frames']} frames, {s['model']}"
     if s.get("workers", 1) > 1:
         head += f"; the pipeline with {s['workers']} workers"
-    return "\n".join([head, "", _grid(rows), "", _grid(cmp)])
+    parts = [head, "", _grid(rows), "", _grid(cmp)]
+    measured = [x for x in f.values() if x.cpu_ms_per_frame]
+    if measured:
+        # Where each pipeline's CPU goes: which stage to look at, and whether the machine's cores are the limit.
+        stages = [st for st in STAGES if any(st in x.cpu_ms_per_frame for x in measured)]
+        cpu = [("CPU ms per frame (steady state)", *stages, "total", "cores busy")]
+        for x in measured:
+            total = sum(x.cpu_ms_per_frame.values())
+            cpu.append((x.what, *(f"{x.cpu_ms_per_frame.get(st, 0.0):.2f}" for st in stages), f"{total:.2f}",
+                        f"{total / x.ms_per_frame:.2f}"))
+        parts += ["", _grid(cpu), f"(cores busy: total CPU time over wall time; this machine has {os.cpu_count()})"]
+    return "\n".join(parts)
 
 
 def _grid(rows: list[tuple[str, ...]]) -> str:
