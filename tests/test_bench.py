@@ -120,16 +120,26 @@ def test_bench_dataplane_compares_with_decoding_and_transcoding_the_same_clip(tm
 def test_stage_cpu_charges_each_process_of_the_tree_to_its_stage():
     from vidseg.bench import StageCPU
 
-    # A stand-in for `vidseg run`: a parent (the supervisor) whose child's command line names its stage
-    # and which burns 0.3 s of CPU (bounded by CPU time), then exits.
-    child = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n")
+    # A stand-in for `vidseg run`: a parent (the supervisor) and a child whose command line names its stage.
+    # The child burns some CPU, says how much it used (its own clock), then waits to be let go, so the
+    # sample is taken while it is alive and idle: the two readings are of the same counter.
+    child = ("import os, sys, time\nt, n = time.process_time(), 0\n"
+             "while time.process_time() - t < 0.2 and n < 10**9:\n    n += 1\n"
+             "c = os.times()\nprint(c.user + c.system, flush=True)\nsys.stdin.readline()\n")
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, 'worker'], check=True)"
-    p = subprocess.Popen([sys.executable, "-c", parent])
-    cpu = StageCPU(p.pid, interval=0.01)
-    assert p.wait(timeout=60) == 0
+    p = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        cpu = StageCPU(p.pid, interval=None)  # sampled only when asked
+        reported = float(p.stdout.readline())
+        cpu.sample()
+        p.stdin.write("\n")
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+    finally:
+        p.kill()
     got = cpu.stop()
-    assert 0.2 <= got["worker"] <= 0.6  # the child's 0.3 s, less at most the last interval before it ended
-    assert got["run"] < 0.3 and "sink" not in got and "source" not in got
+    assert got["worker"] == pytest.approx(reported, abs=0.02)  # the same counter, to one clock tick or two
+    assert set(got) == {"run", "worker"}  # the parent is the supervisor; no other stage was there
 
 
 @pytest.mark.parametrize("flags, needle", [

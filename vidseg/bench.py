@@ -257,12 +257,13 @@ class StageCPU:
     Linux only (elsewhere :attr:`available` is False and nothing is sampled). A sampler thread
     reads each process's utime + stime every ``interval`` seconds and keeps the last value seen,
     so up to one interval at the very end of a stage is missed: the same for both clip
-    lengths, so it cancels in the steady-state difference.
+    lengths, so it cancels in the steady-state difference. ``interval=None``: no thread, only
+    the caller's :meth:`sample` calls.
     """
 
     available = os.path.exists("/proc/self/stat")
 
-    def __init__(self, pid: int, interval: float = 0.05):
+    def __init__(self, pid: int, interval: float | None = 0.05):
         import threading
 
         self.root, self.interval = pid, interval
@@ -270,7 +271,7 @@ class StageCPU:
         self._stop = threading.Event()
         self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
         self._t = threading.Thread(target=self._run, name="vidseg-bench-cpu", daemon=True)
-        if self.available:
+        if self.available and interval is not None:
             self._t.start()
 
     def _run(self) -> None:
