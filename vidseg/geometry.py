@@ -14,6 +14,7 @@ returns class ids at the frame's size.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -370,8 +371,7 @@ def resize_labels(labels, size: tuple[int, int]):
     if (h, w) == (H, W):
         return labels
     if isinstance(labels, np.ndarray):
-        iy = np.arange(H, dtype=np.int64) * h // H
-        ix = np.arange(W, dtype=np.int64) * w // W
+        iy, ix = _nearest_source(h, H), _nearest_source(w, W)
         # Columns first (on the fewer, smaller rows), then whole rows copied: a gather of h x W, not H x W.
         return np.take(np.take(labels, ix, axis=-1), iy, axis=-2)
     import torch
@@ -379,6 +379,26 @@ def resize_labels(labels, size: tuple[int, int]):
     iy = torch.arange(H, device=labels.device) * h // H
     ix = torch.arange(W, device=labels.device) * w // W
     return labels[..., iy, :][..., ix]
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_source(n: int, N: int) -> np.ndarray:
+    """The source index ``floor(i * n / N)`` of each of ``N`` outputs (read-only; cached: the sink asks per frame)."""
+    idx = np.arange(N, dtype=np.int64) * n // N
+    idx.flags.writeable = False
+    return idx
+
+
+@functools.lru_cache(maxsize=64)
+def _repeat_groups(n: int, N: int) -> tuple[tuple[int, np.ndarray | None], ...]:
+    """``(repeat, sources)``: the source indices the nearest rule repeats ``repeat`` times (None: all of them)."""
+    counts = np.bincount(_nearest_source(n, N), minlength=n)
+    groups = []
+    for k in np.unique(counts[counts > 0]):
+        idx = np.flatnonzero(counts == k)
+        idx.flags.writeable = False
+        groups.append((int(k), None if len(idx) == n else idx))
+    return tuple(groups)
 
 
 def label_counts(labels: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -395,15 +415,13 @@ def label_counts(labels: np.ndarray, size: tuple[int, int] | None = None) -> np.
 
     h, w = labels.shape[-2:]
     H, W = (h, w) if size is None else size
-    rows = np.bincount(np.arange(H, dtype=np.int64) * h // H, minlength=h)
-    cols = np.bincount(np.arange(W, dtype=np.int64) * w // W, minlength=w)
     counts = np.zeros(256, np.int64)
-    for a in np.unique(rows[rows > 0]):
-        sub = labels if (rows == a).all() else labels[rows == a]
-        for b in np.unique(cols[cols > 0]):
-            part = sub if (cols == b).all() else np.ascontiguousarray(sub[:, cols == b])
+    for a, rows in _repeat_groups(h, H):
+        sub = labels if rows is None else np.take(labels, rows, axis=0)
+        for b, cols in _repeat_groups(w, W):
+            part = sub if cols is None else np.take(sub, cols, axis=1)
             hist = cv2.calcHist([part], [0], None, [256], [0, 256]).ravel()
-            counts += int(a) * int(b) * np.rint(hist).astype(np.int64)
+            counts += a * b * np.rint(hist).astype(np.int64)
     return counts
 
 
