@@ -146,14 +146,14 @@ def transcode(clip: Path, out: Path, out_cfg: OutputConfig = OutputConfig()) -> 
     """
     import av
 
-    from .media.encode import encoder_threads
+    from .media.encode import x264_options
 
     with av.open(str(clip)) as src, av.open(str(out), "w", format="mp4") as dst:
         v = src.streams.video[0]
         v.thread_type = "AUTO"
         enc = dst.add_stream("libx264", rate=Fraction(FPS))
         enc.width, enc.height, enc.pix_fmt = v.codec_context.width, v.codec_context.height, "yuv420p"
-        enc.options = {"crf": str(out_cfg.crf), "preset": out_cfg.preset, "bf": "0", "threads": str(encoder_threads())}
+        enc.options = x264_options(out_cfg.crf, out_cfg.preset)
         n, t0 = 0, time.perf_counter()
         for frame in src.decode(v):
             frame.pts, frame.time_base = n, Fraction(1, FPS)

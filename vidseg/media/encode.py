@@ -78,6 +78,16 @@ def encoder_threads() -> int:
         return os.cpu_count() or 1
 
 
+def x264_options(crf: int, preset: str, threads: int | None = None) -> dict[str, str]:
+    """libx264's options for every H.264 this project writes (and the bench's transcode baseline)."""
+    # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
+    # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
+    # would stretch or cut it by the reorder delay (a few % larger files at the same quality).
+    # x264's threads set explicitly (default: the CPUs this process may use), not left to its guess
+    # from the machine's core count, which overcommits a container or a pinned stage.
+    return {"crf": str(crf), "preset": preset, "bf": "0", "threads": str(threads or encoder_threads())}
+
+
 class VideoWriter:
     """H.264 yuv420p MP4 (moov first), written under a temporary name next to ``path``.
 
@@ -131,12 +141,7 @@ class VideoWriter:
         self._v.codec_context.colorspace = av.video.reformatter.Colorspace.ITU601
         self._v.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
         self._v.codec_context.time_base = Fraction(1, CLOCK)
-        # No B-frames: decode order is presentation order, so a track with irregular timestamps (variable
-        # frame rates, gaps, live drops) keeps its exact length; with reordering, MP4's decode-time index
-        # would stretch or cut it by the reorder delay (a few % larger files at the same quality).
-        # x264's threads set explicitly (default: the CPUs this process may use), not left to its guess
-        # from the machine's core count, which overcommits a container or a pinned stage.
-        self._v.options = {"crf": str(crf), "preset": preset, "bf": "0", "threads": str(threads or encoder_threads())}
+        self._v.options = x264_options(crf, preset, threads)
         self.frames = 0
         self.end = 0.0  # seconds of video written: the last frame's time plus one frame
         self._step = round(CLOCK / self.fps)
