@@ -267,3 +267,88 @@ def test_label_counts_on_the_small_mask_are_the_counts_of_the_resized_one(src, d
         got = label_counts(ids, dst)
         assert got.dtype == np.int64 and np.array_equal(got, want)
     assert np.array_equal(label_counts(noise), np.bincount(noise.ravel(), minlength=256))
+
+
+# --------------------------------------------------------------------------- CPU batches side by side
+def _tiny_segmenter(**kw):
+    from vidseg.config import ModelConfig
+    from vidseg.predictor import Segmenter
+    from vidseg.zoo import load_model
+
+    model, card = load_model(ModelConfig(model="deeplabv3plus", width_mult=0.125, device="cpu"))
+    return Segmenter(model, card, device="cpu", input_size=64, full_size=False, **kw)
+
+
+def test_cpu_batches_in_flight_run_side_by_side_and_come_back_in_order():
+    """With ``in_flight=2`` on the CPU two batches compute at the same time, each on a thread of its own,
+    and the ring hands back exactly the masks of one batch at a time, in the order submitted."""
+    import threading
+
+    from vidseg.ring import Ring
+
+    frames = [np.random.default_rng(i).integers(0, 256, (72, 128, 3), dtype=np.uint8) for i in range(6)]
+    serial = _tiny_segmenter()
+    want = [serial([f])[0] for f in frames]
+    assert serial.depth == serial.lanes == 1
+
+    seg = _tiny_segmenter(in_flight=2)
+    assert seg.depth == seg.lanes == 2
+    both = threading.Barrier(2, timeout=60)  # broken (and the batch fails) unless the first two overlap
+    threads, calls, forward = set(), [], seg.model.forward
+
+    def meeting(x):
+        calls.append(1)
+        if len(calls) <= 2:
+            both.wait()
+        threads.add(threading.get_ident())
+        return forward(x)
+
+    seg.model.forward = meeting
+    ring = Ring(seg, depth=seg.depth)
+    got = []
+    for i, f in enumerate(frames):
+        got += ring.submit([f], tag=i)
+    got += ring.drain()
+    seg.close()
+    assert [tag for tag, _ in got] == list(range(6))
+    for (_, (mask,)), expected in zip(got, want):
+        np.testing.assert_array_equal(mask, expected)
+    assert len(threads) == 2 and threading.get_ident() not in threads
+
+
+def test_in_flight_defaults_and_the_threads_each_batch_gets():
+    from vidseg.predictor import default_in_flight, split_threads
+
+    assert default_in_flight("cuda", 1) == 3  # copies and compute overlap
+    assert default_in_flight("cpu", 2) == default_in_flight("cpu", 16) == 2
+    assert default_in_flight("cpu", 1) == 1 and default_in_flight("cpu", 8, runtime="onnxruntime") == 1
+    before = torch.get_num_threads()
+    try:
+        assert split_threads("cpu", "torch", None, 4) == (2, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", 3, 7) == (3, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", 1, 2) == (1, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", 4, 2) == (4, 1)  # asked for: each lane gets one thread
+        assert split_threads("cpu", "onnxruntime", None, 2) == (1, None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_another_runtime_with_batches_in_flight_is_a_clear_error():
+    from vidseg.errors import InputError
+    from vidseg.predictor import Segmenter
+    from vidseg.runtimes.base import Backend
+    from vidseg.zoo import ModelCard
+
+    class OneAtATime(Backend):
+        name = "onnxruntime"
+
+        def labels(self, x):
+            return np.zeros((x.shape[0], *x.shape[2:]), np.uint8)
+
+        def logits(self, x):
+            raise AssertionError("not asked for")
+
+    card = ModelCard(name="t", architecture="deeplabv3plus", backbone="mobilenetv2", num_classes=2)
+    with pytest.raises(InputError, match="runs one batch at a time; drop --in-flight or use --runtime torch"):
+        Segmenter(OneAtATime(), card, in_flight=2)
+    assert Segmenter(OneAtATime(), card).lanes == 1

@@ -23,7 +23,9 @@ from helpers import (
     MAGIC,
     barcodes,
     free_endpoint,
+    free_ports,
     fuzz_source,
+    get,
     make_clip,
     one_line_error,
     sink_args,
@@ -424,3 +426,31 @@ def test_the_window_bounds_bytes_as_well_as_frames(clip120, tmp_path, procs):
         ctx.term()
     assert "window of 4 frame(s) (--window-mb 0.1)" in src.text(), src.text()
     assert frames == set(range(4))
+
+
+# -- live frames and a worker's lanes ---------------------------------------------------------------------------
+def test_a_live_frame_goes_only_to_a_free_lane(tmp_path, procs, fakes):
+    """A CPU worker computing two batches side by side says ``lanes: 2``: a live frame may go to it while
+    it holds fewer than two; a worker that says nothing has one lane. Neither gets a frame queued behind
+    one it holds, however many credits it has; stale frames are dropped meanwhile."""
+    ep, port = free_endpoint(), free_ports(1)
+    clip = make_clip(tmp_path / "live.mp4", frames=250, audio=False)  # 20 s played live: time for every step
+    src = procs.start("source", *source_args(clip, ep, "--mode", "live", "--metrics", f"127.0.0.1:{port}"))
+    sink = procs.start("sink", *sink_args(ep, tmp_path / "out.mp4"))
+    wait_until(lambda: "sink connected" in src.text(), alive=(src, sink), what="the sink connected", logs=procs.logs)
+
+    def dropped() -> int:
+        status, body = get(port, "/metrics")
+        m = re.search(r'^vidseg_source_frames_dropped_total\{stream="0"\} (\S+)$', body, re.M) if status == 200 else None
+        return int(float(m.group(1))) if m else 0
+
+    two = FakeWorker(ep, hello={"role": "worker", "credits": 5, "pid": 1, "card": CARD19, "lanes": 2})
+    fakes.append(two)
+    wait_until(lambda: len(two.frames) == 2, alive=(src, sink), what="two live frames at the two-lane worker", logs=procs.logs)
+    one = FakeWorker(ep, credits=5)
+    fakes.append(one)
+    wait_until(lambda: len(one.frames) == 1, alive=(src, sink), what="a live frame at the one-lane worker", logs=procs.logs)
+    seen = dropped()
+    wait_until(lambda: dropped() >= seen + 10, alive=(src, sink), what="10 more stale frames dropped", logs=procs.logs)
+    assert (len(two.frames), len(one.frames)) == (2, 1), (two.frames, one.frames)
+    assert two.frames[0] < two.frames[1] < one.frames[0]  # fresh frames, in the order read

@@ -101,6 +101,9 @@ class BatchConfig:
     # The long side of the frames this worker asks for: the source shrinks larger ones before sending
     # (for workers on other hosts, where bandwidth is short); None: frames as decoded.
     wire_size: int | None = None
+    # Batches the worker runs at once (its in-flight ring); None: vidseg.predictor.default_in_flight
+    # (3 on CUDA, 2 on a CPU with 2 or more threads, else 1).
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)

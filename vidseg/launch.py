@@ -106,6 +106,11 @@ def run_dir() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def threads_per_worker(workers: int) -> int:
+    """CPU threads each of ``run``'s ``workers`` CPU workers gets: the machine's, shared out."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
     """The command line of every stage of ``plan``, all joined at ``endpoint``."""
     base = [sys.executable, "-m", "vidseg"]
@@ -117,7 +122,7 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
         Stage("sink", base + ["sink", "--connect", endpoint, *to_args(plan.output), *flow, *logv,
                               *to_args(stage_telemetry(plan.telemetry, SINK_PORT))]),
     ]
-    threads = max(1, (os.cpu_count() or 1) // plan.workers)
+    threads = threads_per_worker(plan.workers)
     for i in range(plan.workers):
         device = plan.devices[i % len(plan.devices)]  # round-robin: several workers per device allowed
         device, env = _one_gpu(device)

@@ -7,6 +7,8 @@ the frame) is :mod:`vidseg.geometry`, shared by any runtime.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 
 from .config import PRECISIONS
@@ -59,6 +61,42 @@ def inference_size(height: int, width: int, size: int, side: str = "long", multi
 CUDA_RING_DEPTH = 3
 
 
+def default_in_flight(device_type: str, threads: int, *, runtime: str = "torch") -> int:
+    """Batches a worker runs at once unless told (``--in-flight``): the one place this default lives.
+
+    3 on a CUDA device (the ring overlaps copies and compute). On the CPU with torch and at least
+    2 threads, 2 batches, each on its own thread with half the threads: one forward split over every
+    core stalls at each of its many barriers whenever the decoder or the sink takes a core, and
+    leaves the cores idle while it waits; two forwards side by side keep them busy (the masks are the
+    same: convolutions do not split their sums by thread). Other runtimes run one batch at a time.
+    """
+    if device_type == "cuda":
+        return CUDA_RING_DEPTH
+    return 2 if runtime == "torch" and threads >= 2 else 1
+
+
+def split_threads(device: str, runtime: str, in_flight: int | None, threads: int | None) -> tuple[int, int | None]:
+    """A worker's batches in flight, and torch's threads for each on the CPU (else None); sets torch's count.
+
+    ``threads`` (``--threads``; None: torch's own count) are divided among the batches a CPU runs
+    at once. Call before the model is built: torch reads the count when a thread first computes.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if runtime != "torch":
+        return in_flight or 1, None  # the Segmenter says clearly when more is asked of another runtime
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    total = torch.get_num_threads()
+    depth = in_flight or default_in_flight("cuda" if on_cuda else "cpu", total)
+    if on_cuda:
+        return depth, None
+    per = max(1, total // depth)
+    torch.set_num_threads(per)
+    return depth, per
+
+
 def native_bf16(device) -> bool:
     """Whether ``device`` computes bfloat16 natively (not emulated): Ampere+ GPUs, CPUs with AVX512-BF16/AMX."""
     import torch
@@ -83,13 +121,16 @@ class Segmenter:
     run on the compute stream, its class ids copied back asynchronously, and
     the slot's event says when the buffers may be read and reused. Batches are
     padded to the largest batch there so shapes stay static (cuDNN's autotuner
-    picks once). On the CPU a batch runs when it starts (``depth`` 1).
+    picks once). On the CPU with ``in_flight`` > 1 each slot's batch runs on a
+    thread of its own (torch's intra-op threads are the caller's to divide:
+    see :func:`default_in_flight`); with 1 a batch runs when it starts.
     """
 
     def __init__(self, model, card: ModelCard, *, device: str = "auto", precision: str | None = None,
                  input_size: int | None = None, inference: str | None = None,
                  crop_size: tuple[int, int] | None = None, crop_stride: tuple[int, int] | None = None,
-                 flip: bool | None = None, max_batch: int = 1, full_size: bool = True, fold: bool = True):
+                 flip: bool | None = None, max_batch: int = 1, full_size: bool = True, fold: bool = True,
+                 in_flight: int | None = None):
         import torch
 
         from .runtimes.base import Backend
@@ -118,7 +159,19 @@ class Segmenter:
         self._a = torch.as_tensor(a, device=self.device)
         self._b = torch.as_tensor(b, device=self.device)
         self.cuda = self.device.type == "cuda"
-        self.depth = CUDA_RING_DEPTH if self.cuda else 1
+        #: Batches in flight at most (the ring's slots): None gives 3 on CUDA and 1 on the CPU here; the
+        #: worker passes :func:`default_in_flight`, which also weighs the CPU's threads.
+        self.depth = int(in_flight) if in_flight else (CUDA_RING_DEPTH if self.cuda else 1)
+        if self.depth < 1:
+            raise InputError(f"--in-flight must be at least 1, got {self.depth}")
+        if self.backend is not None and self.depth > 1:
+            raise InputError(f"--in-flight {self.depth}: {self.backend.describe()} runs one batch at a time; "
+                             "drop --in-flight or use --runtime torch")
+        self._pool = None
+        if not self.cuda and self.depth > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="vidseg-slot")
         self.folded = 0
         if self.backend is not None:
             self.model = self._backend_forward
@@ -139,6 +192,11 @@ class Segmenter:
             self._copy = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._slots: dict[int, dict] = {}
+
+    @property
+    def lanes(self) -> int:
+        """Batches computed side by side: the CPU slots' threads; 1 on CUDA (its ring pipelines one stream)."""
+        return self.depth if self._pool is not None else 1
 
     def describe(self) -> str:
         """What the model runs at, in words (the worker logs it)."""
@@ -169,28 +227,41 @@ class Segmenter:
         """Masks of ``frames`` (same size), synchronously."""
         return self.finish(0, self.start(0, frames))
 
+    def close(self) -> None:
+        """Stop the CPU slots' threads (after the batches in flight)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     # -- the ring's device (vidseg.ring.Slots) ------------------------------
     def start(self, slot: int, frames: list[np.ndarray]):
-        import torch
-
         H, W = frames[0].shape[:2]
         lay = layout(H, W, self.plan)
-        if not self.cuda:
-            with torch.inference_mode():
-                x = prepare(to_batch(frames), lay, self.plan, self._a, self._b, self._rgb, self.dtype)
-                return self._labels(x, lay).numpy()
-        return self._start_cuda(slot, frames, lay)
+        if self.cuda:
+            return self._start_cuda(slot, frames, lay)
+        if self._pool is not None:
+            return self._pool.submit(self._run_cpu, frames, lay)  # a Future
+        return self._run_cpu(frames, lay)
 
     def done(self, handle) -> bool:
-        return not self.cuda or handle[0].query()
+        if self.cuda:
+            return handle[0].query()
+        return handle.done() if isinstance(handle, Future) else True
 
     def finish(self, slot: int, handle) -> list[np.ndarray]:
         if not self.cuda:
-            return list(handle)
+            return list(handle.result() if isinstance(handle, Future) else handle)
         event, n = handle
         event.synchronize()
         out = self._slots[slot]["out"][:n].numpy()
         return [m.copy() for m in out]  # the slot's pinned buffer is reused by its next batch
+
+    def _run_cpu(self, frames: list[np.ndarray], lay) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():  # per thread: each slot's thread enters it itself
+            x = prepare(to_batch(frames), lay, self.plan, self._a, self._b, self._rgb, self.dtype)
+            return self._labels(x, lay).numpy()
 
     def _backend_forward(self, x):
         """The geometry's forward pass through a backend: (B, 3, h, w) float32 -> logits."""

@@ -8,7 +8,8 @@ pixels as the second part, a contiguous buffer described by ``shape`` and
 
 Kinds (sender → receiver):
   hello   peer → source      {role: worker|sink, credits, pid, card, token, frames (sink: false = no pixels),
-                             wire_size (worker: the long side of the frames it wants)}
+                             wire_size (worker: the long side of the frames it wants),
+                             lanes (worker: batches it computes side by side; absent: 1)}
   info    source → sink      {stream, width, height, fps:[num,den], frames, source, audio, start}
   frame   source → worker/sink {stream, seq, pts, shape, dtype, dropped (live, to the sink)} + pixels (BGR)
   stamp   source → sink      {stream, seq, pts, dropped}: a frame's place and time without its pixels,
@@ -113,7 +114,8 @@ CARD = _Spec("a model card {name, class_names: 1-256 strings, palette: one [0-25
 FIELDS: dict[str, dict[str, tuple[bool, _Spec]]] = {
     "hello": {"role": (True, _choice("worker", "sink")), "credits": (False, _int(1, 2**31)),
               "pid": (False, _int(0, 2**31)), "card": (False, CARD), "token": (False, _text(256)),
-              "frames": (False, _BOOL), "wire_size": (False, _int(16, MAX_SIDE))},
+              "frames": (False, _BOOL), "wire_size": (False, _int(16, MAX_SIDE)),
+              "lanes": (False, _int(1, 64))},
     "info": {"stream": (True, _STREAM), "streams": (False, _int(1, MAX_STREAMS)), "width": (True, _int(1, MAX_SIDE)),
              "height": (True, _int(1, MAX_SIDE)), "fps": (True, _FPS), "frames": (False, _optional(_SEQ)),
              "source": (False, _text()), "audio": (False, _optional(_text())), "mode": (False, _choice("lossless", "live")),

@@ -88,6 +88,7 @@ workers_option = click.option("--workers", type=click.IntRange(1, 64), default=1
 batch_options = compose(
     click.option("--batch", type=click.IntRange(1, 256), default=BatchConfig.batch, show_default=True, help="Frames per forward pass (batched across streams)."),
     click.option("--max-wait", type=click.FloatRange(0.0, 10.0), default=BatchConfig.max_wait, show_default=True, help="Seconds a worker waits to fill a batch."),
+    click.option("--in-flight", type=click.IntRange(1, 8), default=None, help="Batches a worker runs at once: on a GPU copies and compute overlap; on a CPU each runs on its own thread with its share of --threads (1: one batch over every thread, the lowest latency on an idle machine). [default: 3 on CUDA, 2 on a CPU with 2 or more threads, else 1]"),
     click.option("--wire-size", type=click.IntRange(16, 16384), default=None, help="Ask the source for frames at most this long on their long side (shrunk before sending; for workers across a slow network). Masks then come from the smaller frame. Default: frames as decoded."),
 )
 

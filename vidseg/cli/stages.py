@@ -103,7 +103,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     """Run a model on frames from a source; return class masks."""
     import time
 
-    from ..predictor import Segmenter
+    from ..predictor import Segmenter, split_threads
     from ..runtimes import load_engine
     from ..stages.base import peak_rss_mib
     from ..stages.worker import WorkerStage
@@ -114,22 +114,23 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     # Health answers while the model loads (/readyz: 503 "loading the model"); the stage closes it.
     tel = Telemetry("worker", config_of(TelemetryConfig, kw))
     tel.not_ready("loading the model")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     mcfg = config_of(ModelConfig, kw)
-    t0 = time.monotonic()
-    card, model = load_engine(mcfg, threads=threads)
     batch = config_of(BatchConfig, kw)
+    t0 = time.monotonic()
+    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, batch.in_flight, threads)
+    card, model = load_engine(mcfg, threads=threads)
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                     inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
-                    max_batch=batch.batch, full_size=False)  # masks travel at the inference size
+                    max_batch=batch.batch, full_size=False,  # masks travel at the inference size
+                    in_flight=in_flight)
     if seg.cuda:  # CUDA context, cuDNN's autotuning and the allocator before the source sends anything
         seg.warm_up(*WARM_UP_FRAME)
     load_seconds = time.monotonic() - t0
     log = logging.getLogger("vidseg.worker")
-    log.info("%s: %s, input: %s", card.name, seg.runs_on(), seg.describe())
+    at_once = ""
+    if seg.depth > 1:
+        at_once = f", {seg.depth} batches at once" + (f" ({per_batch} thread(s) each)" if per_batch else "")
+    log.info("%s: %s%s, input: %s", card.name, seg.runs_on(), at_once, seg.describe())
     if (note := seg.deviation()) is not None:
         log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
                  mcfg.input_size)

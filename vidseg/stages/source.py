@@ -80,6 +80,7 @@ class _Worker:
     on_time: int = 0  # masks accepted since its last strike
     leaving: bool = False  # draining: no new frames; forgotten once its frames are back
     wire_size: int | None = None  # the long side of the frames it asked for (shrunk before sending)
+    lanes: int = 1  # batches it computes side by side (CPU threads): live frames it may hold at once
 
     @property
     def credits(self) -> int:
@@ -330,7 +331,8 @@ class SourceStage(Stage):
         if self.card is None:
             self.card = card
         credits = min(int(h.get("credits", self.flow.credits)), self._credit_cap)
-        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits, wire_size=h.get("wire_size"))
+        w = _Worker(ident, credits, now, len(card["class_names"]), card, announced=credits, wire_size=h.get("wire_size"),
+                    lanes=h.get("lanes", 1))
         old = self.workers.get(ident)
         if old is not None:  # said hello again (restarted, or told to): what it held is lost, its record is kept,
             self._requeue(old)  # so a hello never wipes a slow mark, a strike or a frame still owed
@@ -530,9 +532,9 @@ class SourceStage(Stage):
 
     def _pick_worker(self, live: bool = False, avoid: _Worker | None = None) -> _Worker | None:
         """The worker with the most free credits (``avoid`` only when no other has one); for a live
-        stream only an idle one, so a fresh frame never waits behind another in a worker's queue."""
+        stream only one with a lane free, so a fresh frame never waits behind another in a worker's queue."""
         free = [w for w in self.workers.values()
-                if w.credits > 0 and not w.leaving and (not live or not (w.inflight or w.late))]
+                if w.credits > 0 and not w.leaving and (not live or len(w.inflight) + len(w.late) < w.lanes)]
         others = [w for w in free if w is not avoid]
         return max(others or free, key=lambda w: w.credits, default=None)
 

@@ -131,13 +131,15 @@ class WorkerStage(Stage):
             self.sock,
             "hello",
             role="worker",
-            # Enough frames to keep the ring full while finished masks travel back: 2 batches + 1.
-            credits=max(self.flow.credits, 2 * self.batch + 1),
+            # Enough frames to keep the ring full while finished masks travel back: a batch in each slot,
+            # the next batch waiting for one, and one frame more (depth 1: 2 batches + 1).
+            credits=max(self.flow.credits, (self.seg.depth + 1) * self.batch + 1),
             pid=os.getpid(),
             card={"name": card.name, "class_names": list(card.class_names), "palette": [list(c) for c in card.palette],
                   "random_init": card.random_init},
             **({"token": self.token} if self.token else {}),
             **({"wire_size": self.wire_size} if self.wire_size else {}),
+            **({"lanes": self.seg.lanes} if self.seg.lanes > 1 else {}),
         )
 
     def run(self) -> WorkerResult:
