@@ -173,25 +173,56 @@ def first_frame(clip: Path):
         return next(c.decode(video=0)).to_ndarray(format="bgr24")
 
 
-def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Progress,
-               repeat: int = 1) -> tuple[Figure, Figure, str]:
+class _SideBySide:
+    """The forward alone, ``lanes`` calls at once on threads of their own (a :class:`~vidseg.ring.Slots`):
+    the baseline for a worker whose CPU slots run batches side by side."""
+
+    def __init__(self, forward: Callable[[], object], lanes: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.forward, self.pool = forward, ThreadPoolExecutor(lanes, thread_name_prefix="vidseg-bench")
+
+    def start(self, slot: int, batch: list):
+        return self.pool.submit(self.forward)
+
+    def done(self, handle) -> bool:
+        return handle.done()
+
+    def finish(self, slot: int, handle) -> list:
+        return [handle.result()]
+
+
+def model_only(mcfg: ModelConfig, batching: BatchConfig, frame, frames: int, progress: Progress,
+               repeat: int = 1, workers: int = 1) -> tuple[Figure, Figure, str]:
     """The network's forward on a prepared batch, and the worker's whole path (:class:`~vidseg.predictor.Segmenter`).
 
     Both run ``frames`` frames (rounded up to whole batches) of the clip's first frame after
-    :data:`WARM_UP_BATCHES` batches, each the fastest of ``repeat`` rounds. Returns the two figures and
-    the model in words.
+    :data:`WARM_UP_BATCHES` batches, each the fastest of ``repeat`` rounds, with the threads and the
+    batches in flight ``run``'s workers would have: the worker path through its ring, the forward alone
+    as many at once as the worker computes side by side. On the CPU that is every worker's lanes at
+    once (``workers`` x its batches in flight, each with its share of the threads), so the figures are
+    the machine's, as the pipeline's are. Returns the two figures and the model in words.
     """
     import torch
 
     from .geometry import layout, prepare, slide, to_batch
-    from .predictor import Segmenter
+    from .launch import threads_per_worker
+    from .predictor import Segmenter, split_threads
+    from .ring import Ring
     from .runtimes import load_engine
 
+    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, batching.in_flight,
+                                        threads_per_worker(workers))
+    if per_batch is not None:  # CPU lanes: every worker's, side by side
+        in_flight *= workers
     card, net = load_engine(mcfg)
     seg = Segmenter(net, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                     inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
-                    max_batch=batch, full_size=False)  # as the worker runs it: the sink resizes the ids
-    words = f"{card.name}: {seg.runs_on()}, input {seg.describe()}, batch {batch}"
+                    max_batch=batching.batch, full_size=False,  # as the worker runs it: the sink resizes the ids
+                    in_flight=in_flight)
+    batch = batching.batch
+    at_once = f", {seg.lanes} side by side x {per_batch} thread(s)" if seg.lanes > 1 else ""
+    words = f"{card.name}: {seg.runs_on()}, input {seg.describe()}, batch {batch}{at_once}"
     frames_in = [frame] * batch
     steps = math.ceil(frames / batch)
     sync = torch.cuda.synchronize if seg.cuda else (lambda: None)
@@ -212,10 +243,22 @@ def model_only(mcfg: ModelConfig, batch: int, frame, frames: int, progress: Prog
                                                                        plan.pad_crops)
 
         progress(f"model alone: {words}, {steps} batches after {WARM_UP_BATCHES} warm-up")
-        net_s = _timed(forward, steps, sync, repeat)
-    seg_s = _timed(lambda: seg(frames_in), steps, sync, repeat)
+        if seg.lanes > 1:
+            def forward_here():  # inference mode is per thread
+                with torch.inference_mode():
+                    forward()
+
+            lanes = Ring(_SideBySide(forward_here, seg.lanes), depth=seg.lanes)
+            net_s = _timed(lambda: lanes.submit([], None), steps, lambda: (lanes.drain(), sync()), repeat)
+            lanes.device.pool.shutdown()
+        else:
+            net_s = _timed(forward, steps, sync, repeat)
+    ring = Ring(seg, depth=seg.depth)  # the worker's own path: its batches in flight
+    seg_s = _timed(lambda: ring.submit(frames_in, None), steps, lambda: (ring.drain(), sync()), repeat)
+    seg.close()
     n = steps * batch
     how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches" + (
+        f", {seg.depth} in flight" if seg.depth > 1 else "") + (
         f", fastest of {repeat}" if repeat > 1 else "")
     return (Figure("model_only", "model alone: the network's forward on a prepared batch", n, net_s, how),
             Figure("worker_path", "worker path: prepare + forward + class ids (as sent)", n, seg_s, how),
@@ -442,7 +485,8 @@ def run_bench(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, progress:
             figures["transcode"] = Figure("transcode", f"transcode (PyAV decode + libx264 {oc.preset} crf {oc.crf}, "
                                           f"{encoder_threads()} threads)", n, s, whole)
         else:
-            net, path, words = model_only(mcfg, batch.batch, first_frame(long_clip), cfg.frames, progress, cfg.repeat)
+            net, path, words = model_only(mcfg, batch, first_frame(long_clip), cfg.frames, progress, cfg.repeat,
+                                          cfg.workers)
             figures[net.name], figures[path.name] = net, path
             per_frame = max(per_frame, path.seconds / path.frames)
         args = to_args(mcfg) + to_args(batch) + ["--workers", str(cfg.workers)]
