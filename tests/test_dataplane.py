@@ -304,6 +304,8 @@ def test_cpu_batches_in_flight_run_side_by_side_and_come_back_in_order():
         return forward(x)
 
     seg.model.forward = meeting
+    wakes = []
+    assert seg.notify(lambda: wakes.append(1)) and not serial.notify(lambda: None)  # the worker waits, not polls
     ring = Ring(seg, depth=seg.depth)
     got = []
     for i, f in enumerate(frames):
@@ -314,6 +316,7 @@ def test_cpu_batches_in_flight_run_side_by_side_and_come_back_in_order():
     for (_, (mask,)), expected in zip(got, want):
         np.testing.assert_array_equal(mask, expected)
     assert len(threads) == 2 and threading.get_ident() not in threads
+    assert len(wakes) == 6  # one wake-up per batch completed
 
 
 def test_in_flight_defaults_and_the_threads_each_batch_gets():

@@ -8,6 +8,7 @@ the frame) is :mod:`vidseg.geometry`, shared by any runtime.
 from __future__ import annotations
 
 from concurrent.futures import Future
+from typing import Callable
 
 import numpy as np
 
@@ -168,6 +169,7 @@ class Segmenter:
             raise InputError(f"--in-flight {self.depth}: {self.backend.describe()} runs one batch at a time; "
                              "drop --in-flight or use --runtime torch")
         self._pool = None
+        self._on_done: Callable[[Future], None] | None = None
         if not self.cuda and self.depth > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -227,6 +229,15 @@ class Segmenter:
         """Masks of ``frames`` (same size), synchronously."""
         return self.finish(0, self.start(0, frames))
 
+    def notify(self, wake: Callable[[], None]) -> bool:
+        """Call ``wake()`` (from another thread) whenever a batch in flight completes. True where that
+        happens (CPU lanes); False where the caller must look with :meth:`done` itself (CUDA) or where
+        nothing is ever in flight (one batch at a time on the CPU runs when it starts)."""
+        if self._pool is None:
+            return False
+        self._on_done = lambda _future: wake()
+        return True
+
     def close(self) -> None:
         """Stop the CPU slots' threads (after the batches in flight)."""
         if self._pool is not None:
@@ -240,7 +251,10 @@ class Segmenter:
         if self.cuda:
             return self._start_cuda(slot, frames, lay)
         if self._pool is not None:
-            return self._pool.submit(self._run_cpu, frames, lay)  # a Future
+            done = self._pool.submit(self._run_cpu, frames, lay)
+            if self._on_done is not None:
+                done.add_done_callback(self._on_done)
+            return done
         return self._run_cpu(frames, lay)
 
     def done(self, handle) -> bool:

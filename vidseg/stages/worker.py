@@ -32,6 +32,7 @@ from .base import Stage, Waker
 
 
 _STOP = object()  # tells the inference thread to finish what is in flight and end
+_DONE = object()  # a batch in flight has completed (CPU lanes): look at the ring
 RING_POLL = 0.001  # seconds between looks at the ring while batches are in flight
 
 
@@ -64,6 +65,7 @@ class WorkerStage(Stage):
         self._error: BaseException | None = None
         self.frames = 0
         self.received = 0
+        self._taken = 0  # frames the inference thread has taken from _in (its own count: one writer)
         self.load_seconds = load_seconds
         self._stop = False
         self._said_leaving = False
@@ -73,7 +75,8 @@ class WorkerStage(Stage):
         self._infer_time = self.telemetry.histogram("vidseg_worker_inference_seconds")
 
     def _gather(self, timeout: float | None):
-        """A batch of same-sized frames, None when none came within ``timeout`` (None: block), or ``_STOP``.
+        """A batch of same-sized frames; None when none came within ``timeout`` (None: block) or a batch in
+        flight completed first; or ``_STOP``.
 
         Frames of the same size (across streams) join the first up to ``batch``, waiting at most ``max_wait``.
         """
@@ -83,6 +86,8 @@ class WorkerStage(Stage):
             return None
         if first is _STOP:
             return _STOP
+        if first is _DONE:
+            return None
         batch = [first]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.batch:
@@ -90,10 +95,13 @@ class WorkerStage(Stage):
                 nxt = self._in.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
+            if nxt is _DONE:
+                continue  # the ring is looked at right after this batch starts
             if nxt is _STOP or nxt.array.shape != first.array.shape:
                 self._in.put(nxt)  # handled next round (or ends the loop)
                 break
             batch.append(nxt)
+        self._taken += len(batch)
         return batch
 
     def _infer_loop(self) -> None:
@@ -108,17 +116,19 @@ class WorkerStage(Stage):
             if done:
                 self._wake.wake()
 
+        # CPU lanes say when a batch completes (a _DONE in the queue): wait for a frame or that, no polling.
+        wakes = self.seg.notify(lambda: self._in.put(_DONE))
         try:
             while True:
-                # With batches in flight, look for new frames briefly, then see what has completed.
-                batch = self._gather(RING_POLL if len(ring) else None)
+                # With batches in flight on a GPU, look for new frames briefly, then see what has completed.
+                batch = self._gather(RING_POLL if len(ring) and not wakes else None)
                 if batch is _STOP:
                     emit(ring.drain())
                     return
                 if batch:
                     emit(ring.submit([m.array for m in batch], tag=(batch, time.perf_counter())))
                 emit(ring.ready())
-                if not batch and len(ring):
+                if not batch and len(ring) and not wakes:
                     emit(ring.drain())  # nothing new to overlap with: wait for what is in flight
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self._error = e
@@ -238,7 +248,7 @@ class WorkerStage(Stage):
         yield from super().samples()
         yield "vidseg_worker_frames_received", self.received, ()
         yield "vidseg_worker_frames_returned", self.frames, ()
-        yield "vidseg_worker_queued", self._in.qsize(), ()
+        yield "vidseg_worker_queued", self.received - self._taken, ()
         if self.load_seconds is not None:
             yield "vidseg_worker_model_load_seconds", self.load_seconds, ()
         dev = self.seg.device
