@@ -205,14 +205,25 @@ def model_only(mcfg: ModelConfig, batching: BatchConfig, frame, frames: int, pro
     """
     import torch
 
+    before = torch.get_num_threads()
+    try:
+        return _model_only(mcfg, batching, frame, frames, progress, repeat, workers)
+    finally:
+        torch.set_num_threads(before)  # split for the lanes while timing; the report reads the machine's
+
+
+def _model_only(mcfg: ModelConfig, batching: BatchConfig, frame, frames: int, progress: Progress,
+                repeat: int, workers: int) -> tuple[Figure, Figure, str]:
+    import torch
+
     from .geometry import layout, prepare, slide, to_batch
-    from .launch import threads_per_worker
+    from .launch import worker_threads
     from .predictor import Segmenter, split_threads
     from .ring import Ring
     from .runtimes import load_engine
 
-    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, batching.in_flight,
-                                        threads_per_worker(workers))
+    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, in_flight=batching.in_flight,
+                                         threads=worker_threads(mcfg.device, workers))
     if per_batch is not None:  # CPU lanes: every worker's, side by side
         in_flight *= workers
     card, net = load_engine(mcfg)
@@ -248,14 +259,19 @@ def model_only(mcfg: ModelConfig, batching: BatchConfig, frame, frames: int, pro
                 with torch.inference_mode():
                     forward()
 
-            lanes = Ring(_SideBySide(forward_here, seg.lanes), depth=seg.lanes)
-            net_s = _timed(lambda: lanes.submit([], None), steps, lambda: (lanes.drain(), sync()), repeat)
-            lanes.device.pool.shutdown()
+            side = _SideBySide(forward_here, seg.lanes)
+            lanes = Ring(side, depth=seg.lanes)
+            try:
+                net_s = _timed(lambda: lanes.submit([], None), steps, lambda: (lanes.drain(), sync()), repeat)
+            finally:
+                side.pool.shutdown(wait=False, cancel_futures=True)
         else:
             net_s = _timed(forward, steps, sync, repeat)
     ring = Ring(seg, depth=seg.depth)  # the worker's own path: its batches in flight
-    seg_s = _timed(lambda: ring.submit(frames_in, None), steps, lambda: (ring.drain(), sync()), repeat)
-    seg.close()
+    try:
+        seg_s = _timed(lambda: ring.submit(frames_in, None), steps, lambda: (ring.drain(), sync()), repeat)
+    finally:
+        seg.close(wait=False)
     n = steps * batch
     how = f"{steps} batches of {batch} after {WARM_UP_BATCHES} warm-up batches" + (
         f", {seg.depth} in flight" if seg.depth > 1 else "") + (
@@ -511,7 +527,8 @@ def _settings(cfg: BenchConfig, mcfg: ModelConfig, batch: BatchConfig, words: st
             "workers": cfg.workers,
             "model": words,
             "model_config": {k: v for k, v in dataclasses.asdict(mcfg).items() if v not in (None, ())},
-            "batch": batch.batch, "output": {"crf": OutputConfig.crf, "preset": OutputConfig.preset}}
+            "batch": batch.batch, "in_flight": batch.in_flight,  # None: the worker's default
+            "output": {"crf": OutputConfig.crf, "preset": OutputConfig.preset}}
 
 
 def _machine(mcfg: ModelConfig) -> dict:

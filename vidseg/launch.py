@@ -106,9 +106,10 @@ def run_dir() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def threads_per_worker(workers: int) -> int:
-    """CPU threads each of ``run``'s ``workers`` CPU workers gets: the machine's, shared out."""
-    return max(1, (os.cpu_count() or 1) // workers)
+def worker_threads(device: str, workers: int) -> int | None:
+    """``--threads`` for one of ``run``'s ``workers`` workers on ``device``: the machine's CPUs shared out
+    where the model may run on the CPU (``cpu``, ``auto``); None (torch's own) on a GPU."""
+    return max(1, (os.cpu_count() or 1) // workers) if device in ("cpu", "auto") else None
 
 
 def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
@@ -122,12 +123,12 @@ def stage_commands(plan: RunPlan, endpoint: str) -> list[Stage]:
         Stage("sink", base + ["sink", "--connect", endpoint, *to_args(plan.output), *flow, *logv,
                               *to_args(stage_telemetry(plan.telemetry, SINK_PORT))]),
     ]
-    threads = threads_per_worker(plan.workers)
     for i in range(plan.workers):
         device = plan.devices[i % len(plan.devices)]  # round-robin: several workers per device allowed
         device, env = _one_gpu(device)
         model = dataclasses.replace(plan.model, device=device)
-        cpu = ["--threads", str(threads)] if device in ("cpu", "auto") else []
+        threads = worker_threads(device, plan.workers)
+        cpu = ["--threads", str(threads)] if threads else []
         stages.append(Stage("worker", base + ["worker", "--connect", endpoint, *to_args(model), *to_args(plan.batch),
                                               *cpu, *flow, *logv,
                                               *to_args(stage_telemetry(plan.telemetry, FIRST_WORKER_PORT + i))],

@@ -63,7 +63,8 @@ CUDA_RING_DEPTH = 3
 
 
 def default_in_flight(device_type: str, threads: int, *, runtime: str = "torch") -> int:
-    """Batches a worker runs at once unless told (``--in-flight``): the one place this default lives.
+    """Batches a worker runs at once unless told (``--in-flight``); a :class:`Segmenter` used on its own
+    runs one at a time on the CPU unless given ``in_flight``.
 
     3 on a CUDA device (the ring overlaps copies and compute). On the CPU with torch and at least
     2 threads, 2 batches, each on its own thread with half the threads: one forward split over every
@@ -76,7 +77,8 @@ def default_in_flight(device_type: str, threads: int, *, runtime: str = "torch")
     return 2 if runtime == "torch" and threads >= 2 else 1
 
 
-def split_threads(device: str, runtime: str, in_flight: int | None, threads: int | None) -> tuple[int, int | None]:
+def split_threads(device: str, runtime: str, *, in_flight: int | None,
+                  threads: int | None) -> tuple[int, int | None]:
     """A worker's batches in flight, and torch's threads for each on the CPU (else None); sets torch's count.
 
     ``threads`` (``--threads``; None: torch's own count) are divided among the batches a CPU runs
@@ -88,7 +90,7 @@ def split_threads(device: str, runtime: str, in_flight: int | None, threads: int
         torch.set_num_threads(threads)
     if runtime != "torch":
         return in_flight or 1, None  # the Segmenter says clearly when more is asked of another runtime
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    on_cuda = resolve_device(device, None)[0].type == "cuda"
     total = torch.get_num_threads()
     depth = in_flight or default_in_flight("cuda" if on_cuda else "cpu", total)
     if on_cuda:
@@ -124,7 +126,7 @@ class Segmenter:
     padded to the largest batch there so shapes stay static (cuDNN's autotuner
     picks once). On the CPU with ``in_flight`` > 1 each slot's batch runs on a
     thread of its own (torch's intra-op threads are the caller's to divide:
-    see :func:`default_in_flight`); with 1 a batch runs when it starts.
+    see :func:`split_threads`); with 1 a batch runs when it starts.
     """
 
     def __init__(self, model, card: ModelCard, *, device: str = "auto", precision: str | None = None,
@@ -161,8 +163,8 @@ class Segmenter:
         self._b = torch.as_tensor(b, device=self.device)
         self.cuda = self.device.type == "cuda"
         #: Batches in flight at most (the ring's slots): None gives 3 on CUDA and 1 on the CPU here; the
-        #: worker passes :func:`default_in_flight`, which also weighs the CPU's threads.
-        self.depth = int(in_flight) if in_flight else (CUDA_RING_DEPTH if self.cuda else 1)
+        #: worker passes what :func:`split_threads` chose, which also weighs the CPU's threads.
+        self.depth = int(in_flight) if in_flight is not None else (CUDA_RING_DEPTH if self.cuda else 1)
         if self.depth < 1:
             raise InputError(f"--in-flight must be at least 1, got {self.depth}")
         if self.backend is not None and self.depth > 1:
@@ -238,10 +240,11 @@ class Segmenter:
         self._on_done = lambda _future: wake()
         return True
 
-    def close(self) -> None:
-        """Stop the CPU slots' threads (after the batches in flight)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the CPU slots' threads: after the batches in flight, or (``wait=False``, on a failure)
+        dropping those not started yet."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
             self._pool = None
 
     # -- the ring's device (vidseg.ring.Slots) ------------------------------

@@ -117,7 +117,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
     mcfg = config_of(ModelConfig, kw)
     batch = config_of(BatchConfig, kw)
     t0 = time.monotonic()
-    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, batch.in_flight, threads)
+    in_flight, per_batch = split_threads(mcfg.device, mcfg.runtime, in_flight=batch.in_flight, threads=threads)
     card, model = load_engine(mcfg, threads=threads)
     seg = Segmenter(model, card, device=mcfg.device, precision=mcfg.precision, input_size=mcfg.input_size,
                     inference=mcfg.inference, crop_size=mcfg.crop_size, crop_stride=mcfg.crop_stride, flip=mcfg.flip,
@@ -136,9 +136,12 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
                  mcfg.input_size)
     if card.random_init and not os.environ.get("VIDSEG_STAGE"):  # under `run`, run says it once
         log.warning("%s: %s", card.name, RANDOM_WEIGHTS_NOTE)
-    res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
-                            batch=batch, curve=config_of(CurveConfig, kw),
-                            access=config_of(AccessConfig, kw), telemetry=tel, load_seconds=load_seconds))
+    try:
+        res = serve(WorkerStage(seg, endpoint=endpoint, flow=config_of(FlowConfig, kw), persist=persist,
+                                batch=batch, curve=config_of(CurveConfig, kw),
+                                access=config_of(AccessConfig, kw), telemetry=tel, load_seconds=load_seconds))
+    finally:
+        seg.close(wait=False)  # a failed run leaves no lane's queued batch to start; one mid-forward ends it
     log.info("done: %d frames, %d malformed message(s) dropped; peak RSS %.0f MiB", res.frames, res.malformed, peak_rss_mib())
 
 
