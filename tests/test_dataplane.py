@@ -280,16 +280,29 @@ def _tiny_segmenter(**kw):
 
 
 def test_cpu_batches_in_flight_run_side_by_side_and_come_back_in_order():
-    """With ``in_flight=2`` on the CPU two batches compute at the same time, each on a thread of its own,
-    and the ring hands back exactly the masks of one batch at a time, in the order submitted."""
+    """With ``in_flight=2`` on the CPU two batches compute at the same time, each on a thread of its own
+    with half the threads, and the ring hands back exactly the masks of one batch at a time over all
+    the threads, in the order submitted."""
+    from vidseg.predictor import split_threads
+
+    frames = [np.random.default_rng(i).integers(0, 256, (72, 128, 3), dtype=np.uint8) for i in range(6)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        serial = _tiny_segmenter()
+        want = [serial([f])[0] for f in frames]
+        assert serial.depth == serial.lanes == 1
+        assert split_threads("cpu", "torch", in_flight=2, threads=4) == (2, 2)  # as the worker does
+        _lanes_in_order(frames, want, serial)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _lanes_in_order(frames: list[np.ndarray], want: list[np.ndarray], serial) -> None:
+    """Two lanes must meet inside the forward (a barrier) and give ``want`` in order."""
     import threading
 
     from vidseg.ring import Ring
-
-    frames = [np.random.default_rng(i).integers(0, 256, (72, 128, 3), dtype=np.uint8) for i in range(6)]
-    serial = _tiny_segmenter()
-    want = [serial([f])[0] for f in frames]
-    assert serial.depth == serial.lanes == 1
 
     seg = _tiny_segmenter(in_flight=2)
     assert seg.depth == seg.lanes == 2
@@ -311,7 +324,7 @@ def test_cpu_batches_in_flight_run_side_by_side_and_come_back_in_order():
     for i, f in enumerate(frames):
         got += ring.submit([f], tag=i)
     got += ring.drain()
-    seg.close()
+    seg.close()  # waits for the lanes' threads, whose done-callbacks (the wake-ups) have then all run
     assert [tag for tag, _ in got] == list(range(6))
     for (_, (mask,)), expected in zip(got, want):
         np.testing.assert_array_equal(mask, expected)
@@ -327,11 +340,11 @@ def test_in_flight_defaults_and_the_threads_each_batch_gets():
     assert default_in_flight("cpu", 1) == 1 and default_in_flight("cpu", 8, runtime="onnxruntime") == 1
     before = torch.get_num_threads()
     try:
-        assert split_threads("cpu", "torch", None, 4) == (2, 2) and torch.get_num_threads() == 2
-        assert split_threads("cpu", "torch", 3, 7) == (3, 2) and torch.get_num_threads() == 2
-        assert split_threads("cpu", "torch", 1, 2) == (1, 2) and torch.get_num_threads() == 2
-        assert split_threads("cpu", "torch", 4, 2) == (4, 1)  # asked for: each lane gets one thread
-        assert split_threads("cpu", "onnxruntime", None, 2) == (1, None)
+        assert split_threads("cpu", "torch", in_flight=None, threads=4) == (2, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", in_flight=3, threads=7) == (3, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", in_flight=1, threads=2) == (1, 2) and torch.get_num_threads() == 2
+        assert split_threads("cpu", "torch", in_flight=4, threads=2) == (4, 1)  # asked for: a thread per lane
+        assert split_threads("cpu", "onnxruntime", in_flight=None, threads=2) == (1, None)
     finally:
         torch.set_num_threads(before)
 

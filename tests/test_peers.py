@@ -323,13 +323,15 @@ def test_a_worker_running_another_model_is_refused_and_told_why(clip120, tmp_pat
 
 
 # -- a worker's failure --------------------------------------------------------------------------------------------------------
-def test_a_failing_worker_is_that_workers_problem(clip120, tmp_path, procs):
-    """A worker whose inference fails says so in one line and tells the source, which gives its frames to the others."""
+@pytest.mark.parametrize("lanes", [["--threads", "1"], ["--threads", "2", "--in-flight", "2"]], ids=["serial", "lanes"])
+def test_a_failing_worker_is_that_workers_problem(clip120, tmp_path, procs, lanes):
+    """A worker whose inference fails (in its inference thread, or in one of its CPU lanes) says so in one
+    line and tells the source, which gives its frames to the others."""
     ep, out = free_endpoint(), tmp_path / "out.mp4"
     src = procs.start("source", *source_args(clip120, ep))
     sink = procs.start("sink", *sink_args(ep, out))
     failing = procs.start("failing", "worker", "--connect", ep, "--model", "null", "--arch", "delay_ms=20", "--arch", "fail_after=5",
-                          "--input-size", "64", "--device", "cpu", "--threads", "1", "--heartbeat", "0.2")
+                          "--input-size", "64", "--device", "cpu", *lanes, "--heartbeat", "0.2")
     healthy = procs.start("healthy", *worker_args(ep, 20))
     assert failing.wait() == 4, procs.logs()
     one_line_error(failing.text(), "inference failed", "fails on purpose", "its frames go to the other workers")

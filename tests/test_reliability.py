@@ -143,7 +143,7 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
     out = tmp_path / "out.mp4"
     r = subprocess.run(
         BASE + ["run", "--source", str(clip), "--mode", "live", "--output", str(out), *ALPHA, *null_model(delay_ms),
-                "--credits", str(credits), "--in-flight", str(lanes), *FAST],
+                "--credits", str(credits), "--in-flight", str(lanes), "-v", *FAST],
         capture_output=True, text=True, timeout=HANG, cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -163,6 +163,7 @@ def test_live_mode_slow_worker_drops_stale_frames_and_latency_stays_bounded(tmp_
     # source paces by the frames' own timestamps and catches up at once when late; 96x64 frames decode in
     # well under their 40 ms). Latency is measured in benchmarks/bench_dispatch.py.
     assert frames <= lanes * n * 1000 / 25 / delay_ms + credits + 1, (frames, r.stderr)
+    assert ("2 batches at once" in r.stderr) == (lanes == 2), r.stderr  # the worker ran with the lanes asked
     assert 0 < p50 <= p99, r.stderr
 
 
