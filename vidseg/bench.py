@@ -232,8 +232,7 @@ def _model_only(mcfg: ModelConfig, batching: BatchConfig, frame, frames: int, pr
                     max_batch=batching.batch, full_size=False,  # as the worker runs it: the sink resizes the ids
                     in_flight=in_flight)
     batch = batching.batch
-    at_once = f", {seg.lanes} side by side x {per_batch} thread(s)" if seg.lanes > 1 else ""
-    words = f"{card.name}: {seg.runs_on()}, input {seg.describe()}, batch {batch}{at_once}"
+    words = f"{card.name}: {seg.runs_on(per_batch)}, input {seg.describe()}, batch {batch}"
     frames_in = [frame] * batch
     steps = math.ceil(frames / batch)
     sync = torch.cuda.synchronize if seg.cuda else (lambda: None)

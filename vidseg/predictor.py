@@ -206,12 +206,16 @@ class Segmenter:
         """What the model runs at, in words (the worker logs it)."""
         return self.plan.describe()
 
-    def runs_on(self) -> str:
-        """Runtime, device and precision, in words."""
+    def runs_on(self, threads_each: int | None = None) -> str:
+        """Runtime, device and precision, and the batches in flight, in words (``threads_each``: a CPU
+        lane's torch threads, as :func:`split_threads` gave them)."""
         if self.backend is not None:
             return self.backend.describe()
         folded = f", {self.folded} BatchNorms folded" if self.folded else ""
-        return f"torch on {self.device} ({str(self.dtype).replace('torch.', '')}{folded})"
+        at_once = f", {self.depth} batches at once" if self.depth > 1 else ""
+        if at_once and threads_each:
+            at_once += f" ({threads_each} thread(s) each)"
+        return f"torch on {self.device} ({str(self.dtype).replace('torch.', '')}{folded}){at_once}"
 
     def deviation(self) -> str | None:
         """How the input size differs from what the card's source would use, or None when it does not."""

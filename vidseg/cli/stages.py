@@ -127,10 +127,7 @@ def worker(endpoint: str, threads: int | None, persist: bool, verbose: int, quie
         seg.warm_up(*WARM_UP_FRAME)
     load_seconds = time.monotonic() - t0
     log = logging.getLogger("vidseg.worker")
-    at_once = ""
-    if seg.depth > 1:
-        at_once = f", {seg.depth} batches at once" + (f" ({per_batch} thread(s) each)" if per_batch else "")
-    log.info("%s: %s%s, input: %s", card.name, seg.runs_on(), at_once, seg.describe())
+    log.info("%s: %s, input: %s", card.name, seg.runs_on(per_batch), seg.describe())
     if (note := seg.deviation()) is not None:
         log.info("%s: the model %s (--input-size %s); its masks will differ from the source's own", card.name, note,
                  mcfg.input_size)
